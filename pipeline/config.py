@@ -1,0 +1,123 @@
+"""Typed params sections.
+
+Every stage reads exactly one section of ``params.yaml`` into a frozen dataclass that
+lives next to the code it configures (``NounsConfig`` in ``pipeline/nouns.py``, ...).
+Unknown keys and missing required keys are errors, so a typo in ``dvc exp run -S`` fails
+loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A params section does not match its dataclass."""
+
+
+def read_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    """Read a whole params file (``params.yaml`` or a profile under ``configs/``)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"params file not found: {path}")
+    with path.open() as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check (and lightly coerce: int -> float, list -> tuple) one value against its type."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError("; ".join(errors))
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool):
+        if annotation is int and isinstance(value, bool):
+            raise ConfigError(f"{where}: expected int, got {value!r}")
+        if not isinstance(value, annotation):
+            raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
+    """Build dataclass ``cls`` from ``data``; unknown or missing keys raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, field in fields.items():
+        if name not in data:
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{where}: missing required key {name!r}")
+            continue
+        kwargs[name] = _coerce(data[name], hints[name], f"{where}.{name}")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+def load_section(section: str, cls: type[T], params_path: str | Path = DEFAULT_PARAMS) -> T:
+    """Read section ``section`` of ``params_path`` into ``cls``."""
+    params = read_params(params_path)
+    if section not in params:
+        raise ConfigError(f"{params_path}: no section {section!r}")
+    return from_dict(cls, params[section], section)
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts (dataclasses included)."""
+
+    def default(o: Any) -> Any:
+        if dataclasses.is_dataclass(o):
+            return dataclasses.asdict(o)  # type: ignore[arg-type]
+        if isinstance(o, Path):
+            return str(o)
+        raise TypeError(f"not fingerprintable: {type(o)}")
+
+    blob = json.dumps(parts, sort_keys=True, default=default).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
