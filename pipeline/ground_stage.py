@@ -1,0 +1,157 @@
+"""The ``ground`` stage: nouns + images -> boxes table (Grounding DINO).
+
+Each image gets one text prompt with the distinct noun phrases of all of its captions
+(lower-cased, whitespace-normalised; ``"dog . teddy bear ."``), and one forward pass;
+``batch_size`` images share a forward. Every noun occurrence of the nouns table ends up in
+the boxes table: one row per box assigned to its phrase, or one row with ``found = false``
+and null box when no box passed the thresholds. Images that cannot be read go to the
+rejects table with all their nouns counted there.
+
+Boxes table (``data/ground/boxes/part-*.parquet``), one row per (noun, box):
+    noun_id int64, caption_id int64, image_id int64, text string,
+    box_index int32 (-1 when not found), found bool,
+    x0, y0, x1, y1 float32 (image pixels, xyxy; null when not found),
+    score float32 (null when not found), phrase string (Grounding DINO's decoded phrase).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow as pa
+
+from .config import fingerprint
+from .grounding import GroundConfig, ground_images, load_grounding_dino
+from .devices import resolve_device
+from .images import load_rgb
+from .shards import World, file_digest, run_sharded
+from .tables import read_table, rejects_table, write_json, write_table
+
+log = logging.getLogger(__name__)
+
+BOXES_SCHEMA = pa.schema(
+    [
+        ("noun_id", pa.int64()),
+        ("caption_id", pa.int64()),
+        ("image_id", pa.int64()),
+        ("text", pa.string()),
+        ("box_index", pa.int32()),
+        ("found", pa.bool_()),
+        ("x0", pa.float32()),
+        ("y0", pa.float32()),
+        ("x1", pa.float32()),
+        ("y1", pa.float32()),
+        ("score", pa.float32()),
+        ("phrase", pa.string()),
+    ]
+)
+
+
+def phrase_key(text: str) -> str:
+    """The prompt form of a noun: lower-case, single spaces."""
+    return " ".join(text.lower().split())
+
+
+def _ground_fields(cfg: GroundConfig) -> dict:
+    """The params that change the boxes (not device, batching or paths)."""
+    return {
+        "config": cfg.config,
+        "checkpoint": cfg.checkpoint,
+        "text_encoder": cfg.text_encoder,
+        "box_threshold": cfg.box_threshold,
+        "text_threshold": cfg.text_threshold,
+        "image_size": cfg.image_size,
+        "max_size": cfg.max_size,
+        "shard_size": cfg.shard_size,
+    }
+
+
+def run_ground(cfg: GroundConfig, captions_path: str | Path, nouns_path: str | Path) -> dict | None:
+    """Run the stage; returns the summary on the main process."""
+    world = World.from_accelerate()
+    captions = read_table(captions_path, columns=["image_id", "path"]).to_pylist()
+    image_paths = {r["image_id"]: r["path"] for r in captions}
+    nouns = read_table(nouns_path, columns=["noun_id", "caption_id", "image_id", "text"]).to_pylist()
+    by_image: dict[int, list[dict]] = defaultdict(list)
+    for n in nouns:
+        by_image[n["image_id"]].append(n)
+    unknown = sorted(set(by_image) - set(image_paths))
+    if unknown:
+        raise ValueError(f"nouns reference {len(unknown)} image ids absent from the captions table, e.g. {unknown[:5]}")
+    items = sorted(by_image)
+
+    device = resolve_device(cfg.device)
+    model = load_grounding_dino(cfg.config, cfg.checkpoint, cfg.text_encoder, device)
+
+    def shard(image_ids: list[int]) -> tuple[pa.Table, pa.Table]:
+        rows: list[dict] = []
+        rejects: list[tuple[str, str, str]] = []
+        for start in range(0, len(image_ids), cfg.batch_size):
+            batch_ids, images, prompts = [], [], []
+            for image_id in image_ids[start : start + cfg.batch_size]:
+                try:
+                    images.append(load_rgb(image_paths[image_id]))
+                except Exception as e:  # noqa: BLE001 - any unreadable file is a recorded reject
+                    for n in by_image[image_id]:
+                        rejects.append((str(n["noun_id"]), "unreadable_image", f"{image_paths[image_id]}: {e}"))
+                    continue
+                batch_ids.append(image_id)
+                prompts.append(sorted({phrase_key(n["text"]) for n in by_image[image_id]}))
+            if not batch_ids:
+                continue
+            detections = ground_images(
+                model, images, prompts, cfg.box_threshold, cfg.text_threshold, cfg.image_size, cfg.max_size, device
+            )
+            for image_id, phrases, dets in zip(batch_ids, prompts, detections):
+                rows.extend(_rows_for_image(by_image[image_id], phrases, dets))
+        return pa.Table.from_pylist(rows, schema=BOXES_SCHEMA), rejects_table("ground", rejects)
+
+    fp = fingerprint(_ground_fields(cfg), file_digest(captions_path, nouns_path))
+    out = Path(cfg.out_dir)
+    result = run_sharded("ground", items, cfg.shard_size, shard, out / "boxes", fp, BOXES_SCHEMA, world)
+    if result is None:
+        return None
+    write_table(result.rejects, out / "rejects.parquet")
+    boxes = read_table(out / "boxes").to_pylist()
+    summary = _summary(nouns, boxes, result.rejects.num_rows, len(items))
+    write_json(summary, out / "summary.json")
+    return summary
+
+
+def _rows_for_image(nouns: list[dict], phrases: list[str], detections: list) -> list[dict]:
+    """Every noun occurrence of one image -> its box rows (or one not-found row)."""
+    per_phrase: dict[int, list] = defaultdict(list)
+    for d in detections:
+        per_phrase[d.phrase_index].append(d)
+    index = {p: i for i, p in enumerate(phrases)}
+    rows = []
+    for n in sorted(nouns, key=lambda n: n["noun_id"]):
+        base = {k: n[k] for k in ("noun_id", "caption_id", "image_id", "text")}
+        dets = per_phrase.get(index[phrase_key(n["text"])], [])
+        if not dets:
+            rows.append({**base, "box_index": -1, "found": False})
+        for b, d in enumerate(sorted(dets, key=lambda d: -d.score)):
+            x0, y0, x1, y1 = d.box_xyxy
+            rows.append(
+                {**base, "box_index": b, "found": True, "x0": x0, "y0": y0, "x1": x1, "y1": y1,
+                 "score": d.score, "phrase": d.phrase}
+            )
+    return rows
+
+
+def _summary(nouns: list[dict], boxes: list[dict], rejected: int, images: int) -> dict:
+    found = {r["noun_id"] for r in boxes if r["found"]}
+    not_found = {r["noun_id"] for r in boxes if not r["found"]}
+    summary = {
+        "images": images,
+        "input_nouns": len(nouns),
+        "nouns_with_box": len(found),
+        "nouns_without_box": len(not_found),
+        "rejected_nouns": rejected,
+        "boxes": sum(r["found"] for r in boxes),
+    }
+    if len(nouns) != len(found) + len(not_found) + rejected:
+        raise RuntimeError(f"ground: counts do not add up: {summary}")
+    return summary

@@ -1,0 +1,146 @@
+"""The ``segment`` stage: boxes + images -> per-noun binary masks (SAM).
+
+Per image, SAM's image encoder runs once and all distinct boxes of the image are decoded
+in one batched call (one mask per box). A noun's mask is the union of its boxes' masks.
+Nouns without a box get no mask (the boxes table records them); images that cannot be
+read are rejected with all their nouns.
+
+Masks table (``data/segment/masks/part-*.parquet``, schema ``pipeline.masks.MASKS_SCHEMA``),
+one row per noun occurrence with at least one box, the mask as compressed COCO RLE.
+With ``export_png``, every mask is also written as ``png/<image_id>/<noun_id>_<text>.png``
+and every image gets an overlay ``overlays/<image_id>.png`` (caption, nouns, boxes, masks).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from .config import fingerprint
+from .devices import resolve_device
+from .images import load_rgb
+from .masks import MASKS_SCHEMA, decode_rle, encode_rle, mask_to_png_bytes
+from .segmentation import SegmentConfig, load_sam, segment_image, union_masks
+from .shards import World, file_digest, run_sharded
+from .tables import read_table, rejects_table, write_bytes, write_json, write_table
+
+log = logging.getLogger(__name__)
+
+
+def _segment_fields(cfg: SegmentConfig) -> dict:
+    return {"model_type": cfg.model_type, "checkpoint": cfg.checkpoint, "shard_size": cfg.shard_size}
+
+
+def run_segment(cfg: SegmentConfig, captions_path: str | Path, boxes_path: str | Path) -> dict | None:
+    """Run the stage; returns the summary on the main process."""
+    from segment_anything import SamPredictor
+
+    world = World.from_accelerate()
+    captions = read_table(captions_path, columns=["image_id", "path"]).to_pylist()
+    image_paths = {r["image_id"]: r["path"] for r in captions}
+    boxes = read_table(boxes_path).to_pylist()
+    by_image: dict[int, list[dict]] = defaultdict(list)
+    for b in boxes:
+        if b["found"]:
+            by_image[b["image_id"]].append(b)
+    items = sorted(by_image)
+
+    device = resolve_device(cfg.device)
+    predictor = SamPredictor(load_sam(cfg.model_type, cfg.checkpoint, device))
+
+    def shard(image_ids: list[int]) -> tuple[pa.Table, pa.Table]:
+        rows: list[dict] = []
+        rejects: list[tuple[str, str, str]] = []
+        for image_id in image_ids:
+            image_boxes = by_image[image_id]
+            try:
+                image = np.asarray(load_rgb(image_paths[image_id]))
+            except Exception as e:  # noqa: BLE001 - any unreadable file is a recorded reject
+                for noun_id in sorted({b["noun_id"] for b in image_boxes}):
+                    rejects.append((str(noun_id), "unreadable_image", f"{image_paths[image_id]}: {e}"))
+                continue
+            rows.extend(_masks_for_image(predictor, image, image_boxes))
+        return pa.Table.from_pylist(rows, schema=MASKS_SCHEMA), rejects_table("segment", rejects)
+
+    fp = fingerprint(_segment_fields(cfg), file_digest(captions_path, boxes_path))
+    out = Path(cfg.out_dir)
+    result = run_sharded("segment", items, cfg.shard_size, shard, out / "masks", fp, MASKS_SCHEMA, world)
+    if result is None:
+        return None
+    write_table(result.rejects, out / "rejects.parquet")
+    masks = read_table(out / "masks")
+    (out / "png").mkdir(parents=True, exist_ok=True)
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    if cfg.export_png:
+        export_pngs(masks, out / "png")
+        from .viz import render_all_overlays
+
+        render_all_overlays(captions_path, boxes_path, out / "masks", out / "overlays")
+    summary = _summary(boxes, masks, result.rejects.num_rows, len(items))
+    write_json(summary, out / "summary.json")
+    return summary
+
+
+def _masks_for_image(predictor, image: np.ndarray, image_boxes: list[dict]) -> list[dict]:
+    """All boxes of one image -> one mask row per noun (union over the noun's boxes)."""
+    keys = sorted({(b["x0"], b["y0"], b["x1"], b["y1"]) for b in image_boxes})
+    index = {k: i for i, k in enumerate(keys)}
+    box_masks = segment_image(predictor, image, np.asarray(keys, dtype=np.float32).reshape(-1, 4))
+    per_noun: dict[int, list[dict]] = defaultdict(list)
+    for b in image_boxes:
+        per_noun[b["noun_id"]].append(b)
+    noun_ids = sorted(per_noun)
+    groups = [[index[(b["x0"], b["y0"], b["x1"], b["y1"])] for b in per_noun[nid]] for nid in noun_ids]
+    height, width = image.shape[:2]
+    rows = []
+    for nid, group, mask in zip(noun_ids, groups, union_masks(box_masks, groups)):
+        first = per_noun[nid][0]
+        rows.append(
+            {
+                "noun_id": nid,
+                "caption_id": first["caption_id"],
+                "image_id": first["image_id"],
+                "text": first["text"],
+                "height": height,
+                "width": width,
+                "rle": encode_rle(mask),
+                "area": int(mask.sum()),
+                "n_boxes": len(group),
+            }
+        )
+    return rows
+
+
+def png_name(noun_id: int, text: str) -> str:
+    """``<noun_id>_<text with non-word characters as _>.png``."""
+    return f"{noun_id}_{re.sub(r'[^0-9A-Za-z]+', '_', text).strip('_')}.png"
+
+
+def export_pngs(masks: pa.Table, out_dir: Path) -> int:
+    """Write every mask as ``out_dir/<image_id>/<noun_id>_<text>.png``; returns the count."""
+    n = 0
+    for r in masks.to_pylist():
+        mask = decode_rle(r["rle"], r["height"], r["width"])
+        write_bytes(mask_to_png_bytes(mask), out_dir / str(r["image_id"]) / png_name(r["noun_id"], r["text"]))
+        n += 1
+    return n
+
+
+def _summary(boxes: list[dict], masks: pa.Table, rejected: int, images: int) -> dict:
+    with_box = {b["noun_id"] for b in boxes if b["found"]}
+    summary = {
+        "images": images,
+        "input_nouns": len({b["noun_id"] for b in boxes}),
+        "nouns_with_box": len(with_box),
+        "masks": masks.num_rows,
+        "rejected_nouns": rejected,
+        "empty_masks": int(sum(a == 0 for a in masks.column("area").to_pylist())),
+    }
+    if len(with_box) != masks.num_rows + rejected:
+        raise RuntimeError(f"segment: counts do not add up: {summary}")
+    return summary

@@ -1,0 +1,168 @@
+"""Sharded, resumable, multi-process stage execution.
+
+A stage's work items (image ids) are cut into shards of ``shard_size`` items in a fixed
+order. Each shard is processed into two Parquet tables (rows, rejects) and written
+atomically into a *partial folder* outside the stage's DVC outputs::
+
+    data/.partial/<stage>-<fingerprint>/part-00003.parquet
+    data/.partial/<stage>-<fingerprint>/part-00003.rejects.parquet
+
+The fingerprint hashes the stage's params and its inputs' bytes, so a rerun after an
+interruption (even ``kill -9``) skips every shard already on disk, while a rerun with
+other params or inputs starts clean. When every shard exists, the main process moves the
+row shards into the final output folder and merges the rejects.
+
+Several processes (``accelerate launch --num_processes N`` on GPUs, ``torchrun
+--nproc_per_node N`` on CPUs) split the shards round-robin: shard ``k`` belongs to rank
+``k % N``. Each shard's content depends only on its items, so the merged output is
+identical for any N.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from .tables import REJECTS_SCHEMA, write_table
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+
+PARTIAL_ROOT = Path("data/.partial")
+
+# process one shard's items -> (rows, rejects)
+ShardFn = Callable[[Sequence[K]], tuple[pa.Table, pa.Table]]
+
+
+def file_digest(*paths: str | Path) -> str:
+    """sha256 over the bytes of files (folders: their files in sorted order)."""
+    h = hashlib.sha256()
+    for p in map(Path, paths):
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()[:16]
+
+
+def chunk(items: Sequence[K], size: int) -> list[list[K]]:
+    """Cut ``items`` into consecutive lists of at most ``size``."""
+    if size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {size}")
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+@dataclass
+class World:
+    """Which process this is, and a barrier. Backed by accelerate's ``PartialState``."""
+
+    rank: int = 0
+    size: int = 1
+    _state: object | None = None
+
+    @classmethod
+    def from_accelerate(cls) -> "World":
+        from accelerate import PartialState
+
+        state = PartialState(cpu=False)
+        return cls(rank=state.process_index, size=state.num_processes, _state=state)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.size > 1 and self._state is not None:
+            self._state.wait_for_everyone()  # type: ignore[attr-defined]
+
+
+@dataclass
+class ShardResult:
+    """What ``run_sharded`` produced: the final rows folder and the merged rejects."""
+
+    out_dir: Path
+    rejects: pa.Table
+    num_shards: int
+    resumed_shards: int
+
+
+def _shard_name(k: int) -> str:
+    return f"part-{k:05d}"
+
+
+def run_sharded(
+    stage: str,
+    items: Sequence[K],
+    shard_size: int,
+    fn: ShardFn,
+    out_dir: str | Path,
+    fingerprint: str,
+    schema: pa.Schema,
+    world: World | None = None,
+    partial_root: str | Path = PARTIAL_ROOT,
+) -> ShardResult | None:
+    """Process ``items`` shard by shard with ``fn`` and publish the row shards in ``out_dir``.
+
+    ``schema`` is the row schema; every shard (empty ones included) is cast to it.
+    Returns the result on the main process, ``None`` on the others.
+    """
+    world = world or World()
+    shards = chunk(items, shard_size)
+    partial = Path(partial_root) / f"{stage}-{fingerprint}"
+    partial.mkdir(parents=True, exist_ok=True)
+    mine = [k for k in range(len(shards)) if k % world.size == world.rank]
+    done = [k for k in mine if (partial / f"{_shard_name(k)}.parquet").exists()]
+    if done:
+        log.info("%s: resuming, %d of this process's %d shards already done", stage, len(done), len(mine))
+    todo = [k for k in mine if k not in set(done)]
+    bar = tqdm(
+        total=sum(len(shards[k]) for k in mine),
+        initial=sum(len(shards[k]) for k in done),
+        desc=f"{stage} [rank {world.rank}/{world.size}]",
+        unit="img",
+        disable=None,
+    )
+    for k in todo:
+        t0 = time.perf_counter()
+        rows, rejects = fn(shards[k])
+        rows = rows.cast(schema) if rows.schema != schema else rows
+        # rejects first: the rows file marks the shard as done
+        write_table(rejects.cast(REJECTS_SCHEMA), partial / f"{_shard_name(k)}.rejects.parquet")
+        write_table(rows, partial / f"{_shard_name(k)}.parquet")
+        bar.update(len(shards[k]))
+        log.debug("%s: shard %d (%d items) in %.2fs", stage, k, len(shards[k]), time.perf_counter() - t0)
+    bar.close()
+    world.barrier()
+    if not world.is_main:
+        return None
+    return _publish(stage, partial, len(shards), Path(out_dir), schema, resumed=len(done))
+
+
+def _publish(stage: str, partial: Path, n: int, out_dir: Path, schema: pa.Schema, resumed: int) -> ShardResult:
+    missing = [k for k in range(n) if not (partial / f"{_shard_name(k)}.parquet").exists()]
+    if missing:
+        raise RuntimeError(f"{stage}: shards {missing[:10]} missing in {partial}; a process failed")
+    rejects = [pq.read_table(partial / f"{_shard_name(k)}.rejects.parquet") for k in range(n)]
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    if n == 0:  # keep the folder readable: one empty shard with the schema
+        write_table(schema.empty_table(), out_dir / "part-00000.parquet")
+    for k in range(n):
+        (partial / f"{_shard_name(k)}.parquet").replace(out_dir / f"{_shard_name(k)}.parquet")
+    shutil.rmtree(partial)
+    merged = pa.concat_tables(rejects) if rejects else REJECTS_SCHEMA.empty_table()
+    log.info("%s: %d shards published to %s (%d resumed)", stage, n, out_dir, resumed)
+    return ShardResult(out_dir=out_dir, rejects=merged.cast(REJECTS_SCHEMA), num_shards=n, resumed_shards=resumed)

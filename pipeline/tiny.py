@@ -1,0 +1,45 @@
+"""Tiny randomly initialised models for the demo profile, saved in their libraries' own formats.
+
+``models/tiny/`` after ``build_tiny_models``::
+
+    clip-tokenizer/            Stable Diffusion's CLIP tokenizer (real BPE vocabulary)
+    bert/                      a small BERT + uncased WordPiece vocab (Grounding DINO's text encoder)
+    groundingdino/config.py    groundingdino-py SLConfig with small layer counts
+    groundingdino/groundingdino_tiny.pth   {"model": state_dict}, like groundingdino_swint_ogc.pth
+    sam/config.json, sam/sam_tiny.pth      segment-anything classes, raw state dict like sam_vit_h_4b8939.pth
+
+The stages load these through exactly the code that loads the real checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .tables import write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoModelsConfig:
+    seed: int = 0
+    out_dir: str = "models/tiny"
+
+
+def build_tiny_models(cfg: DemoModelsConfig) -> dict[str, str]:
+    """Build every tiny model into ``cfg.out_dir``; returns {name: path}."""
+    from .clip_tokenizer import build_clip_tokenizer
+    from .tiny_grounding import build_tiny_grounding_dino
+    from .tiny_sam import build_tiny_sam
+
+    out = Path(cfg.out_dir)
+    paths: dict[str, str] = {"clip_tokenizer": str(build_clip_tokenizer(out / "clip-tokenizer"))}
+    log.info("built the CLIP tokenizer")
+    paths.update({k: str(v) for k, v in build_tiny_grounding_dino(out, cfg.seed).items()})
+    log.info("built the tiny Grounding DINO")
+    paths["sam"] = str(build_tiny_sam(out / "sam", cfg.seed))
+    log.info("built the tiny SAM")
+    write_json({"seed": cfg.seed, "paths": paths}, out / "MANIFEST.json")
+    return paths

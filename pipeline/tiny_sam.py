@@ -1,0 +1,185 @@
+"""A tiny randomly initialised SAM, built from segment-anything's own classes.
+
+The demo profile cannot download ``sam_vit_h_4b8939.pth``, so it builds a SAM with the
+same architecture code (``Sam``, ``ImageEncoderViT``, ``PromptEncoder``, ``MaskDecoder``,
+``TwoWayTransformer``) and small numbers, and saves it in the official checkpoint format:
+a raw state dict written with ``torch.save``. ``config.json`` next to it holds the numbers,
+so :func:`pipeline.segmentation.load_sam` rebuilds the architecture and then loads the
+weights through the same code as the real checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from segment_anything.modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,
+)
+
+from pipeline.config import from_dict
+from pipeline.tables import write_json
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "sam_tiny.pth"
+CONFIG_NAME = "config.json"
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass(frozen=True)
+class SamArchitecture:
+    """The numbers that define a SAM built by ``segment_anything``'s classes.
+
+    The defaults are the tiny demo model: a 256 px input, a 16 x 16 image embedding with
+    32 channels, and low-resolution masks of 64 x 64.
+    """
+
+    image_size: int = 256
+    patch_size: int = 16
+    encoder_embed_dim: int = 64
+    encoder_depth: int = 2
+    encoder_num_heads: int = 2
+    encoder_global_attn_indexes: tuple[int, ...] = (1,)
+    encoder_window_size: int = 7
+    encoder_mlp_ratio: float = 4.0
+    prompt_embed_dim: int = 32
+    mask_in_chans: int = 8
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 64
+    decoder_num_heads: int = 2
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 32
+
+    def validate(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
+        if self.encoder_embed_dim % self.encoder_num_heads:
+            raise ValueError("encoder_embed_dim must be divisible by encoder_num_heads")
+        if self.prompt_embed_dim % 8:
+            raise ValueError("prompt_embed_dim must be divisible by 8 (mask decoder upscaling)")
+        if self.mask_in_chans % 4:
+            raise ValueError("mask_in_chans must be divisible by 4")
+        bad = [i for i in self.encoder_global_attn_indexes if not 0 <= i < self.encoder_depth]
+        if bad:
+            raise ValueError(f"encoder_global_attn_indexes {bad} outside [0, {self.encoder_depth})")
+
+    @property
+    def embedding_size(self) -> int:
+        """Side of the image embedding grid: ``image_size // patch_size``."""
+        return self.image_size // self.patch_size
+
+
+def build_sam(arch: SamArchitecture) -> Sam:
+    """Build a SAM with the architecture ``arch`` (weights as the constructors leave them)."""
+    arch.validate()
+    grid = arch.embedding_size
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=arch.encoder_depth,
+            embed_dim=arch.encoder_embed_dim,
+            img_size=arch.image_size,
+            mlp_ratio=arch.encoder_mlp_ratio,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=arch.encoder_num_heads,
+            patch_size=arch.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=tuple(arch.encoder_global_attn_indexes),
+            window_size=arch.encoder_window_size,
+            out_chans=arch.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=arch.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(arch.image_size, arch.image_size),
+            mask_in_chans=arch.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=arch.num_multimask_outputs,
+            transformer=TwoWayTransformer(
+                depth=arch.decoder_depth,
+                embedding_dim=arch.prompt_embed_dim,
+                mlp_dim=arch.decoder_mlp_dim,
+                num_heads=arch.decoder_num_heads,
+            ),
+            transformer_dim=arch.prompt_embed_dim,
+            iou_head_depth=arch.iou_head_depth,
+            iou_head_hidden_dim=arch.iou_head_hidden_dim,
+        ),
+        pixel_mean=list(PIXEL_MEAN),
+        pixel_std=list(PIXEL_STD),
+    )
+
+
+def read_architecture(config_path: str | Path) -> SamArchitecture:
+    """Read ``config.json`` written by :func:`build_tiny_sam`; unknown keys are errors."""
+    config_path = Path(config_path)
+    if not config_path.exists():
+        raise FileNotFoundError(
+            f"SAM architecture config not found: {config_path} "
+            f"(a 'tiny' checkpoint needs {CONFIG_NAME} next to it)"
+        )
+    data = json.loads(config_path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{config_path}: expected a JSON object")
+    data.pop("seed", None)
+    data.pop("model_type", None)
+    return from_dict(SamArchitecture, data, str(config_path))
+
+
+def init_tiny_sam(arch: SamArchitecture, seed: int) -> Sam:
+    """A SAM with seeded random weights; the caller's global RNG state is left untouched.
+
+    The encoder's absolute and relative position embeddings are zeros after construction;
+    they get small random values too, so that every tensor of the checkpoint carries weight.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sam = build_sam(arch)
+        with torch.no_grad():
+            for name, param in sam.image_encoder.named_parameters():
+                if name == "pos_embed" or name.endswith(("rel_pos_h", "rel_pos_w")):
+                    param.normal_(0.0, 0.02)
+    return sam.eval()
+
+
+def build_tiny_sam(out_dir: str | Path, seed: int = 0, arch: SamArchitecture | None = None) -> Path:
+    """Build, seed and save a tiny SAM; returns the checkpoint path.
+
+    Writes ``out_dir/sam_tiny.pth`` (a raw state dict, like the official checkpoints) and
+    ``out_dir/config.json`` (the architecture numbers, the seed and ``model_type: tiny``).
+    The same seed gives identical tensors.
+    """
+    arch = arch or SamArchitecture()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sam = init_tiny_sam(arch, seed)
+    state = {k: v.detach().clone().contiguous() for k, v in sam.state_dict().items()}
+    checkpoint = out_dir / CHECKPOINT_NAME
+    tmp = out_dir / f".{CHECKPOINT_NAME}.tmp"
+    try:
+        torch.save(state, tmp)
+        tmp.replace(checkpoint)
+    finally:
+        tmp.unlink(missing_ok=True)
+    config = {"model_type": "tiny", "seed": seed, **dataclasses.asdict(arch)}
+    config["encoder_global_attn_indexes"] = list(arch.encoder_global_attn_indexes)
+    write_json(config, out_dir / CONFIG_NAME)
+    n_params = sum(v.numel() for v in state.values())
+    log.info("tiny SAM: %d parameters, %.2f MB -> %s", n_params, checkpoint.stat().st_size / 1e6, checkpoint)
+    return checkpoint
