@@ -19,6 +19,7 @@ import torch
 from segment_anything import SamPredictor, sam_model_registry
 from segment_anything.modeling import Sam
 
+from .devices import resolve_device
 from .tiny_sam import CONFIG_NAME, build_sam, read_architecture
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,9 @@ class SegmentConfig:
 
 
 def _torch_device(device: str | torch.device) -> torch.device:
+    """A ``torch.device`` as is; a params string (``auto | cpu | cuda | cuda:N``) resolved."""
     if isinstance(device, torch.device):
         return device
-    from .devices import resolve_device
-
     return torch.device(resolve_device(device))
 
 
@@ -115,14 +115,15 @@ def count_encoder_calls(sam: Sam) -> Iterator[CallCounter]:
         handle.remove()
 
 
-def _check_inputs(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+def _check_inputs(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and return ``(image, boxes)`` as C-contiguous ``(H, W, 3)`` uint8, ``(B, 4)`` float32."""
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB image, got {getattr(image, 'shape', type(image))}")
     if image.dtype != np.uint8:
         raise TypeError(f"expected a uint8 image, got {image.dtype}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"image has an empty side: {image.shape}")
-    boxes = np.asarray(boxes, dtype=np.float32)
+    boxes = np.ascontiguousarray(boxes, dtype=np.float32)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"expected (B, 4) xyxy boxes, got shape {boxes.shape}")
     if not np.isfinite(boxes).all():
@@ -130,7 +131,7 @@ def _check_inputs(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     bad = np.flatnonzero((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))
     if bad.size:
         raise ValueError(f"boxes {bad.tolist()} have x1 < x0 or y1 < y0: {boxes[bad].tolist()}")
-    return boxes
+    return np.ascontiguousarray(image), boxes
 
 
 def segment_image(predictor: SamPredictor, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -140,7 +141,7 @@ def segment_image(predictor: SamPredictor, image: np.ndarray, boxes: np.ndarray)
     Returns ``(B, H, W)`` bool. The image encoder runs once (``set_image``); all B boxes go
     through the prompt encoder and mask decoder in one batch. ``B == 0`` runs nothing.
     """
-    boxes = _check_inputs(image, boxes)
+    image, boxes = _check_inputs(image, boxes)
     height, width = image.shape[:2]
     if len(boxes) == 0:
         return np.zeros((0, height, width), dtype=bool)

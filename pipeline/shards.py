@@ -121,6 +121,11 @@ def run_sharded(
     world = world or World()
     shards = chunk(items, shard_size)
     partial = Path(partial_root) / f"{stage}-{fingerprint}"
+    if world.is_main:
+        for stale in Path(partial_root).glob(f"{stage}-*"):
+            if stale != partial and stale.is_dir():
+                log.info("%s: removing partial results of other params/inputs: %s", stage, stale)
+                shutil.rmtree(stale)
     partial.mkdir(parents=True, exist_ok=True)
     mine = [k for k in range(len(shards)) if k % world.size == world.rank]
     done = [k for k in mine if (partial / f"{_shard_name(k)}.parquet").exists()]

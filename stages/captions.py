@@ -1,0 +1,27 @@
+"""Stage ``captions``: validated, selected captions table from COCO captions or TokenCompose metadata.
+
+Usage: ``python -m stages.captions [--params params.yaml] [--workers N]``
+Reads section ``captions`` (``pipeline.coco.CaptionsConfig``); writes ``<out_dir>/captions.parquet``,
+``rejects.parquet`` and ``summary.json`` (formats in ``pipeline/coco.py``).
+"""
+
+from __future__ import annotations
+
+from pipeline.cli import parse
+from pipeline.coco import CaptionsConfig, run_captions
+from pipeline.config import load_section
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, log = parse(
+        __doc__.splitlines()[0], argv,
+        lambda p: p.add_argument("--workers", type=int, default=None,
+                                 help="image decoding threads (default: min(8, CPUs))"),
+    )
+    cfg = load_section("captions", CaptionsConfig, args.params)
+    log.info("captions: %s", cfg)
+    return run_captions(cfg, workers=args.workers)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""The data stages as a user runs them: real scripts, tiny models, a small demo workspace.
+
+Covers the ground/segment contract (every noun is boxed, unboxed or rejected; every boxed
+noun gets a mask), resume after ``kill -9``, two processes against one, the overlay command
+and the rejection of an image that disappears between stages.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from pipeline.masks import decode_rle
+from pipeline.tables import read_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_stage(ws: Path, module: str, *args: str, launcher: list[str] | None = None, check: bool = True):
+    cmd = (launcher or [sys.executable, "-m"]) + [module, "--params", "params.yaml", *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LOG_LEVEL": "WARNING", "TQDM_DISABLE": "1"}
+    proc = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def small_params(num_images: int = 12, shard_size: int = 3) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["demo_data"]["num_images"] = num_images
+    params["ground"]["shard_size"] = shard_size
+    params["segment"]["shard_size"] = shard_size
+    return params
+
+
+def make_workspace(root: Path, params: dict, models: Path | None = None) -> Path:
+    """A folder with params.yaml, the demo data and tiny models, captions and nouns run."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_stage(root, "stages.demo_data")
+    if models is None:
+        run_stage(root, "stages.demo_models")
+    else:
+        shutil.copytree(models, root / "models" / "tiny")
+    run_stage(root, "stages.captions")
+    run_stage(root, "stages.nouns")
+    return root
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory) -> Path:
+    return make_workspace(tmp_path_factory.mktemp("ws") / "base", small_params())
+
+
+def clone_workspace(src: Path, dst: Path, **overrides) -> Path:
+    """Copy the inputs of ``ground`` (not its outputs) into a fresh folder."""
+    dst.mkdir(parents=True)
+    for name in ("data/demo", "data/captions", "data/nouns", "models"):
+        shutil.copytree(src / name, dst / name)
+    params = yaml.safe_load((src / "params.yaml").read_text())
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        params[section][field] = value
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return dst
+
+
+def shards_equal(a: Path, b: Path) -> None:
+    ta, tb = read_table(a), read_table(b)
+    assert ta.num_rows == tb.num_rows
+    assert ta.equals(tb), f"{a} and {b} differ"
+
+
+@pytest.fixture(scope="session")
+def grounded(workspace: Path) -> Path:
+    run_stage(workspace, "stages.ground")
+    run_stage(workspace, "stages.segment")
+    return workspace
+
+
+def test_every_noun_is_boxed_unboxed_or_rejected(grounded: Path):
+    nouns = read_table(grounded / "data/nouns/nouns.parquet").to_pylist()
+    boxes = read_table(grounded / "data/ground/boxes").to_pylist()
+    rejected = pq.read_table(grounded / "data/ground/rejects.parquet").num_rows
+    found = {b["noun_id"] for b in boxes if b["found"]}
+    missing = {b["noun_id"] for b in boxes if not b["found"]}
+    assert not found & missing
+    assert len(nouns) == len(found) + len(missing) + rejected
+    assert found, "the tiny Grounding DINO found no box at all; the demo would be empty"
+    captions = {r["image_id"]: r for r in read_table(grounded / "data/captions/captions.parquet").to_pylist()}
+    for b in boxes:
+        if b["found"]:
+            img = captions[b["image_id"]]
+            assert 0 <= b["x0"] <= b["x1"] <= img["width"] and 0 <= b["y0"] <= b["y1"] <= img["height"]
+            assert b["score"] > 0.25
+
+
+def test_every_boxed_noun_has_a_mask_of_its_image_size(grounded: Path):
+    boxes = read_table(grounded / "data/ground/boxes").to_pylist()
+    masks = read_table(grounded / "data/segment/masks").to_pylist()
+    captions = {r["image_id"]: r for r in read_table(grounded / "data/captions/captions.parquet").to_pylist()}
+    assert {m["noun_id"] for m in masks} == {b["noun_id"] for b in boxes if b["found"]}
+    n_boxes = {}
+    for b in boxes:
+        if b["found"]:
+            n_boxes[b["noun_id"]] = n_boxes.get(b["noun_id"], 0) + 1
+    for m in masks[:50]:
+        mask = decode_rle(m["rle"], m["height"], m["width"])
+        assert mask.shape == (captions[m["image_id"]]["height"], captions[m["image_id"]]["width"])
+        assert int(mask.sum()) == m["area"]
+        assert m["n_boxes"] == n_boxes[m["noun_id"]]
+    pngs = list((grounded / "data/segment/png").rglob("*.png"))
+    assert len(pngs) == len(masks)
+    overlays = list((grounded / "data/segment/overlays").glob("*.png"))
+    assert len(overlays) == len({b["image_id"] for b in boxes})
+
+
+def test_noun_mask_is_union_of_its_box_masks(grounded: Path):
+    """Two occurrences of one phrase in an image share boxes, so they share the mask."""
+    masks = read_table(grounded / "data/segment/masks").to_pylist()
+    by_key: dict = {}
+    for m in masks:
+        by_key.setdefault((m["image_id"], m["text"].lower()), []).append(m["rle"])
+    shared = [v for v in by_key.values() if len(v) > 1]
+    assert shared, "the demo should mention some object twice in one image"
+    for rles in shared:
+        assert len(set(rles)) == 1
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_gives_the_same_outputs(workspace: Path, grounded: Path, tmp_path: Path):
+    ws = clone_workspace(workspace, tmp_path / "killed")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LOG_LEVEL": "WARNING", "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "stages.ground", "--params", "params.yaml"], cwd=ws, env=env)
+    partial = ws / "data/.partial"
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(partial.glob("ground-*/part-*[0-9].parquet")):
+        assert proc.poll() is None, "ground finished before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(partial.glob("ground-*/part-*[0-9].parquet")))
+    total = len(list((grounded / "data/ground/boxes").glob("part-*.parquet")))
+    assert 1 <= done_before < total
+    assert not (ws / "data/ground/boxes").exists()
+    out = run_stage(ws, "stages.ground", "--log-level", "INFO")
+    assert "resuming" in out.stderr
+    shards_equal(ws / "data/ground/boxes", grounded / "data/ground/boxes")
+    assert not list(partial.glob("ground-*"))
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_same_outputs_as_one(workspace: Path, grounded: Path, tmp_path: Path):
+    ws = clone_workspace(workspace, tmp_path / "two")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m"]
+    run_stage(ws, "stages.ground", launcher=torchrun)
+    shards_equal(ws / "data/ground/boxes", grounded / "data/ground/boxes")
+    run_stage(ws, "stages.segment", launcher=torchrun)
+    shards_equal(ws / "data/segment/masks", grounded / "data/segment/masks")
+
+
+def test_a_new_threshold_does_not_reuse_old_shards(workspace: Path, grounded: Path, tmp_path: Path):
+    ws = clone_workspace(workspace, tmp_path / "thr", **{"ground.box_threshold": 0.3, "ground.text_threshold": 0.3})
+    # leave a stale partial shard from another fingerprint behind: it must be ignored
+    stale = ws / "data/.partial/ground-0000000000000000"
+    stale.mkdir(parents=True)
+    shutil.copy(next((grounded / "data/ground/boxes").glob("part-*.parquet")), stale / "part-00000.parquet")
+    run_stage(ws, "stages.ground")
+    high = read_table(ws / "data/ground/boxes").to_pylist()
+    low = read_table(grounded / "data/ground/boxes").to_pylist()
+    assert all(b["score"] > 0.3 for b in high if b["found"])
+    assert sum(b["found"] for b in high) < sum(b["found"] for b in low)
+
+
+def test_image_deleted_after_captions_is_rejected_with_its_nouns(workspace: Path, tmp_path: Path):
+    ws = clone_workspace(workspace, tmp_path / "gone")
+    captions = read_table(ws / "data/captions/captions.parquet").to_pylist()
+    victim = captions[0]
+    (ws / victim["path"]).unlink()
+    run_stage(ws, "stages.ground")
+    rejects = pq.read_table(ws / "data/ground/rejects.parquet").to_pylist()
+    nouns = read_table(ws / "data/nouns/nouns.parquet").to_pylist()
+    victim_nouns = {str(n["noun_id"]) for n in nouns if n["image_id"] == victim["image_id"]}
+    assert {r["key"] for r in rejects} == victim_nouns
+    assert {r["reason"] for r in rejects} == {"unreadable_image"}
+    boxes = read_table(ws / "data/ground/boxes").to_pylist()
+    assert victim["image_id"] not in {b["image_id"] for b in boxes}
+
+
+def test_overlay_command_renders_one_image(grounded: Path):
+    image_id = read_table(grounded / "data/ground/boxes").column("image_id")[0].as_py()
+    out = grounded / "overlays" / "one.png"
+    run_stage(grounded, "stages.overlay", "--image-id", str(image_id), "--out", str(out))
+    from PIL import Image
+
+    img = Image.open(out)
+    captions = {r["image_id"]: r for r in read_table(grounded / "data/captions/captions.parquet").to_pylist()}
+    assert img.width == captions[image_id]["width"]
+    assert img.height > captions[image_id]["height"]  # the text panel below
+    assert np.asarray(img).std() > 0
+    bad = run_stage(grounded, "stages.overlay", "--image-id", "999999999", check=False)
+    assert bad.returncode != 0 and "not in" in bad.stderr
