@@ -17,7 +17,8 @@ and kept iff that score is > ``box_threshold`` (groundingdino's box rule, max to
 > box threshold, restricted to phrase tokens) and > ``text_threshold``. No non-maximum
 suppression is applied, as in the official pipeline, so several boxes per phrase are normal.
 ``Detection.phrase`` is what groundingdino's own ``get_phrases_from_posmap(prob >
-text_threshold)`` decodes for the query (over all tokens, separators removed), for inspection.
+text_threshold)`` decodes for the query, with [CLS], [SEP] and separators left out (as
+upstream's later ``left_idx``/``right_idx`` arguments do), for inspection.
 
 Batching. Images are preprocessed exactly as groundingdino's ``load_image`` (resize to
 ``image_size`` on the shorter side, capped at ``max_size`` on the longer, ToTensor, ImageNet
@@ -26,7 +27,9 @@ normalisation). Up to ``batch_size`` prompts share a forward, padded by groundin
 size: Swin's windowed attention and the deformable attention's sampling see padding pixels,
 so an image padded to a larger neighbour gets different boxes and scores than alone. Bucketing
 by size keeps batched results equal to one-image results (COCO's images mostly share a few
-sizes, so batches stay full there).
+sizes, so batches stay full there). Prompts of different lengths share a batch safely once
+``fix_text_mask_batching`` (applied by ``load_grounding_dino``) has fixed the head/batch
+order of groundingdino's text-enhancer attention mask.
 
 Shapes: ``pred_logits`` (B, num_queries, 256), ``pred_boxes`` (B, num_queries, 4) as
 normalised cxcywh relative to each image's unpadded size.
@@ -39,6 +42,7 @@ import io
 import logging
 import pickle
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -112,6 +116,25 @@ class Prompt:
 
 # ----------------------------------------------------------------------------- loading
 
+#: Third-party deprecation notices groundingdino-py 0.4.0 triggers on every load or forward
+#: with current torch/timm/transformers; they say nothing about the results.
+_KNOWN_NOISE = (
+    "Importing from timm.models.layers is deprecated",
+    "torch.meshgrid: in an upcoming release",
+    "`torch.cuda.amp.autocast(args...)` is deprecated",
+    "The `device` argument is deprecated",
+)
+
+
+@contextlib.contextmanager
+def quiet_groundingdino():
+    """Silence ``_KNOWN_NOISE`` warnings (only those) inside the block."""
+    with warnings.catch_warnings():
+        for message in _KNOWN_NOISE:
+            warnings.filterwarnings("ignore", message=re.escape(message))
+        yield
+
+
 
 def resolve_config_path(config: str | Path) -> Path:
     """A config file path, or the name of one shipped in the groundingdino package."""
@@ -162,20 +185,25 @@ def load_grounding_dino(
 
     The same path serves the real ``groundingdino_swint_ogc.pth`` + ``bert-base-uncased`` and the
     tiny model. ``text_encoder`` (a local BERT folder or ``bert-base-uncased``) overrides the
-    config's ``text_encoder_type``. Missing keys and unexpected keys other than
-    ``BENIGN_UNEXPECTED_KEYS`` are errors. Returns the model in eval mode on ``device``.
+    config's ``text_encoder_type``. Activation checkpointing (``use_checkpoint``,
+    ``use_transformer_ckpt``: recomputation for training, no effect on outputs) is switched
+    off, since at inference it only adds torch.utils.checkpoint warnings. Missing keys and
+    unexpected keys other than ``BENIGN_UNEXPECTED_KEYS`` are errors. Returns the model in
+    eval mode on ``device``.
     """
-    from groundingdino.models import build_model
-    from groundingdino.util.slconfig import SLConfig
-
     config_file = resolve_config_path(config_path)
     _check_text_encoder(text_encoder)
     state = read_checkpoint(checkpoint_path)
 
-    args = SLConfig.fromfile(str(config_file))
-    args.device = device
-    args.text_encoder_type = text_encoder
-    with contextlib.redirect_stdout(io.StringIO()) as captured:
+    with quiet_groundingdino(), contextlib.redirect_stdout(io.StringIO()) as captured:
+        from groundingdino.models import build_model
+        from groundingdino.util.slconfig import SLConfig
+
+        args = SLConfig.fromfile(str(config_file))
+        args.device = device
+        args.text_encoder_type = text_encoder
+        args.use_checkpoint = False
+        args.use_transformer_ckpt = False
         model = build_model(args)
     for line in captured.getvalue().splitlines():
         log.debug("groundingdino: %s", line)
@@ -307,6 +335,7 @@ def _batches(shapes: list[tuple[int, int]], batch_size: int | None) -> list[list
     return [idx[k : k + size] for idx in groups.values() for k in range(0, len(idx), size)]
 
 
+@torch.inference_mode()
 def ground_images(
     model: torch.nn.Module,
     images: Sequence[Image.Image],
@@ -339,7 +368,7 @@ def ground_images(
     for batch in _batches(shapes, batch_size):
         samples = nested_tensor_from_tensor_list([tensors[jobs[j][0]] for j in batch]).to(device)
         captions = [jobs[j][1].text for j in batch]
-        with torch.inference_mode():
+        with quiet_groundingdino():
             out = model(samples, captions=captions)
         probs = out["pred_logits"].float().sigmoid().cpu()  # (B, nq, 256)
         boxes = out["pred_boxes"].float().cpu()  # (B, nq, 4) cxcywh in [0, 1]
@@ -378,8 +407,12 @@ def _detections(
     xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)
     xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)
     detections = []
+    special = set(tokenizer.all_special_ids)
+    words = torch.zeros(probs.shape[-1], dtype=torch.bool)
+    words[: len(tokenized["input_ids"])] = torch.tensor([t not in special for t in tokenized["input_ids"]])
     for q in keep.nonzero().flatten().tolist():
-        text = get_phrases_from_posmap(probs[q] > text_threshold, tokenized, tokenizer).replace(".", "")
+        posmap = (probs[q] > text_threshold) & words
+        text = get_phrases_from_posmap(posmap, tokenized, tokenizer).replace(".", "")
         detections.append(
             Detection(
                 phrase_index=prompt.phrase_indices[int(best[q])],
