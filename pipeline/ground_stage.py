@@ -70,7 +70,6 @@ def _ground_fields(cfg: GroundConfig) -> dict:
 
 def run_ground(cfg: GroundConfig, captions_path: str | Path, nouns_path: str | Path) -> dict | None:
     """Run the stage; returns the summary on the main process."""
-    world = World.from_accelerate()
     captions = read_table(captions_path, columns=["image_id", "path"]).to_pylist()
     image_paths = {r["image_id"]: r["path"] for r in captions}
     nouns = read_table(nouns_path, columns=["noun_id", "caption_id", "image_id", "text"]).to_pylist()
@@ -82,7 +81,8 @@ def run_ground(cfg: GroundConfig, captions_path: str | Path, nouns_path: str | P
         raise ValueError(f"nouns reference {len(unknown)} image ids absent from the captions table, e.g. {unknown[:5]}")
     items = sorted(by_image)
 
-    device = resolve_device(cfg.device)
+    world = World.from_accelerate(resolve_device(cfg.device))
+    device = world.device
     model = load_grounding_dino(cfg.config, cfg.checkpoint, cfg.text_encoder, device)
 
     def shard(image_ids: list[int]) -> tuple[pa.Table, pa.Table]:

@@ -40,7 +40,6 @@ def run_segment(cfg: SegmentConfig, captions_path: str | Path, boxes_path: str |
     """Run the stage; returns the summary on the main process."""
     from segment_anything import SamPredictor
 
-    world = World.from_accelerate()
     captions = read_table(captions_path, columns=["image_id", "path"]).to_pylist()
     image_paths = {r["image_id"]: r["path"] for r in captions}
     boxes = read_table(boxes_path).to_pylist()
@@ -50,7 +49,8 @@ def run_segment(cfg: SegmentConfig, captions_path: str | Path, boxes_path: str |
             by_image[b["image_id"]].append(b)
     items = sorted(by_image)
 
-    device = resolve_device(cfg.device)
+    world = World.from_accelerate(resolve_device(cfg.device))
+    device = world.device
     predictor = SamPredictor(load_sam(cfg.model_type, cfg.checkpoint, device))
 
     def shard(image_ids: list[int]) -> tuple[pa.Table, pa.Table]:

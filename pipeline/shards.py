@@ -66,18 +66,27 @@ def chunk(items: Sequence[K], size: int) -> list[list[K]]:
 
 @dataclass
 class World:
-    """Which process this is, and a barrier. Backed by accelerate's ``PartialState``."""
+    """Which process this is, its device, and a barrier. Backed by accelerate's ``PartialState``."""
 
     rank: int = 0
     size: int = 1
+    device: str = "cpu"
     _state: object | None = None
 
     @classmethod
-    def from_accelerate(cls) -> "World":
+    def from_accelerate(cls, device: str) -> "World":
+        """Join the launcher's process group (if any) for work on ``device`` ("cpu", "cuda", "cuda:N").
+
+        On CPU, accelerate must be told so (``cpu=True``) to form a multi-process gloo world
+        under ``torchrun``. With several processes on CUDA each process takes its own GPU
+        (``cuda:<local rank>``) unless an index was given.
+        """
         from accelerate import PartialState
 
-        state = PartialState(cpu=False)
-        return cls(rank=state.process_index, size=state.num_processes, _state=state)
+        state = PartialState(cpu=device == "cpu")
+        if device == "cuda" and state.num_processes > 1:
+            device = str(state.device)
+        return cls(rank=state.process_index, size=state.num_processes, device=device, _state=state)
 
     @property
     def is_main(self) -> bool:

@@ -78,11 +78,16 @@ def render_overlay(image: Image.Image, captions: list[str], nouns: list[NounView
     for noun, color in zip(nouns, colors):
         status = f"{len(noun.boxes)} box(es)" if noun.boxes else "no box"
         area = f", mask {int(noun.mask.sum())} px" if noun.mask is not None else ""
-        lines.append((f"■ {noun.text}: {status}{area}", color))
+        lines.append((f"{noun.text}: {status}{area}", color))
     panel = Image.new("RGB", (canvas.width, line_h * len(lines) + 8), (24, 24, 24))
     pdraw = ImageDraw.Draw(panel)
+    n_caption_lines = len(lines) - len(nouns)
     for i, (text, color) in enumerate(lines):
-        pdraw.text((6, 4 + i * line_h), text, fill=color, font=font)
+        x, y = 6, 4 + i * line_h
+        if i >= n_caption_lines:  # a colour swatch before each noun
+            pdraw.rectangle([x, y + 2, x + font.size - 2, y + font.size], fill=color)
+            x += font.size + 4
+        pdraw.text((x, y), text, fill=color, font=font)
     out = Image.new("RGB", (canvas.width, canvas.height + panel.height))
     out.paste(canvas, (0, 0))
     out.paste(panel, (0, canvas.height))

@@ -26,10 +26,14 @@ from pipeline.tables import read_table
 REPO = Path(__file__).resolve().parents[1]
 
 
+# one intra-op thread everywhere: torchrun sets it for its workers, and CPU float results
+# depend on the thread count, so single- and multi-process runs must use the same
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "LOG_LEVEL": "WARNING", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+
+
 def run_stage(ws: Path, module: str, *args: str, launcher: list[str] | None = None, check: bool = True):
     cmd = (launcher or [sys.executable, "-m"]) + [module, "--params", "params.yaml", *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "LOG_LEVEL": "WARNING", "TQDM_DISABLE": "1"}
-    proc = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=ws, env=ENV, capture_output=True, text=True, timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -140,8 +144,7 @@ def test_noun_mask_is_union_of_its_box_masks(grounded: Path):
 @pytest.mark.slow
 def test_kill_9_then_resume_gives_the_same_outputs(workspace: Path, grounded: Path, tmp_path: Path):
     ws = clone_workspace(workspace, tmp_path / "killed")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "LOG_LEVEL": "WARNING", "TQDM_DISABLE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "stages.ground", "--params", "params.yaml"], cwd=ws, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "stages.ground", "--params", "params.yaml"], cwd=ws, env=ENV)
     partial = ws / "data/.partial"
     deadline = time.time() + 600
     while time.time() < deadline and not list(partial.glob("ground-*/part-*[0-9].parquet")):

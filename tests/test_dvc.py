@@ -1,0 +1,81 @@
+"""The user's commands on a fresh clone: ``dvc repro`` twice, then ``dvc exp run -S``.
+
+Runs the real DAG of the default demo profile in a temporary git repository made from the
+project's files, so nothing in the working copy is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_STAGES = ["demo_data", "demo_models", "coco_download", "captions", "nouns", "ground", "segment"]
+
+
+def sh(cmd: list[str], cwd: Path, timeout: int = 900) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "TQDM_DISABLE": "1"}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc.stdout + proc.stderr
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    """The project's tracked and untracked-but-not-ignored files, committed in a new repo."""
+    dst = tmp_path_factory.mktemp("clone") / "repo"
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file() and not rel.startswith(("data/", "models/")) and rel != "dvc.lock":
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    sh(["git", "init", "-q", "-b", "main"], dst)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "add", "-A"], dst)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "clone"], dst)
+    return dst
+
+
+@pytest.mark.slow
+def test_repro_then_up_to_date_then_threshold_experiment(clone: Path):
+    first = sh(["dvc", "repro"], clone)
+    assert set(ran_stages(first)) == set(DATA_STAGES)
+    summary = json.loads((clone / "data/segment/summary.json").read_text())
+    assert summary["masks"] > 0
+    assert (clone / "dvc.lock").exists()
+
+    second = sh(["dvc", "repro"], clone)
+    assert ran_stages(second) == []
+    assert "up to date" in second.lower()
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "add", "-A"], clone)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "repro"], clone)
+
+    exp = sh(["dvc", "exp", "run", "-S", "ground.box_threshold=0.3", "-n", "thr03"], clone)
+    assert sorted(ran_stages(exp)) == ["ground", "segment"]
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    assert params["ground"]["box_threshold"] == 0.3
+
+    shown = json.loads(sh(["dvc", "exp", "show", "--json"], clone))
+    text = json.dumps(shown)
+    assert "thr03" in text
+    base = json.loads(sh(["git", "show", "HEAD:data/ground/summary.json"], clone))
+    now = json.loads((clone / "data/ground/summary.json").read_text())
+    assert now["boxes"] < base["boxes"]
+    assert str(now["boxes"]) in text and str(base["boxes"]) in text
