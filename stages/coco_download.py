@@ -2,7 +2,7 @@
 
 Usage: ``python -m stages.coco_download [--params params.yaml]``
 Reads section ``coco_download`` (``pipeline.download.CocoDownloadConfig``: urls, out_dir,
-keep_zips); the official URLs are in ``configs/coco_urls.yaml``. With no urls (the demo
+keep_zips); the official URLs are in ``configs/paper-sd14.yaml``. With no urls (the demo
 profile) it only writes ``<out_dir>/MANIFEST.json`` listing nothing. Interrupted downloads
 resume on the next run; extracted archives are skipped.
 """

@@ -1,0 +1,29 @@
+"""Run every benchmark in one process and print one table.
+
+    python -m bench            # or: make bench
+
+Each benchmark module exposes ``run() -> list[dict]`` rows (group, metric, value, unit, note).
+"""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from pipeline.logs import setup_logging
+
+from . import bench_masks, bench_nouns
+from .common import to_markdown
+
+
+def main() -> None:
+    setup_logging("WARNING")
+    rows = bench_nouns.run() + bench_masks.run()
+    print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
+          f"cuda {torch.cuda.is_available()}")
+    print(to_markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

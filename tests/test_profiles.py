@@ -1,0 +1,49 @@
+"""Profiles: every file under configs/ loads into the stages' typed configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError
+from pipeline.profiles import available, use, validate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", available(REPO / "configs"))
+def test_every_profile_validates(name: str):
+    validate(REPO / "configs" / f"{name}.yaml")
+
+
+def test_params_yaml_is_the_demo_profile():
+    assert (REPO / "params.yaml").read_text() == (REPO / "configs" / "demo.yaml").read_text()
+
+
+def test_paper_profile_has_the_paper_settings():
+    p = yaml.safe_load((REPO / "configs" / "paper-sd14.yaml").read_text())
+    assert p["ground"]["box_threshold"] == p["ground"]["text_threshold"] == 0.25
+    assert (p["ground"]["image_size"], p["ground"]["max_size"]) == (800, 1333)
+    assert p["ground"]["config"] == "GroundingDINO_SwinT_OGC.py"
+    assert p["segment"]["model_type"] == "vit_h"
+    assert p["captions"]["format"] == "tokencompose"
+
+
+def test_use_copies_a_valid_profile_and_refuses_a_broken_one(tmp_path: Path):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    good = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    good["ground"]["box_threshold"] = 0.4
+    (configs / "good.yaml").write_text(yaml.safe_dump(good))
+    bad = dict(good, ground={**good["ground"], "box_treshold": 0.4})
+    (configs / "bad.yaml").write_text(yaml.safe_dump(bad))
+    target = tmp_path / "params.yaml"
+    use("good", configs, target)
+    assert yaml.safe_load(target.read_text())["ground"]["box_threshold"] == 0.4
+    with pytest.raises(ConfigError, match="box_treshold"):
+        use("bad", configs, target)
+    assert yaml.safe_load(target.read_text())["ground"]["box_threshold"] == 0.4
+    with pytest.raises(SystemExit, match="available: bad, good"):
+        use("nope", configs, target)
