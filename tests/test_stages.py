@@ -213,3 +213,30 @@ def test_overlay_command_renders_one_image(grounded: Path):
     assert np.asarray(img).std() > 0
     bad = run_stage(grounded, "stages.overlay", "--image-id", "999999999", check=False)
     assert bad.returncode != 0 and "not in" in bad.stderr
+
+
+@pytest.mark.slow
+def test_real_coco_images_through_every_data_stage(coco_mini: Path, workspace: Path, tmp_path: Path):
+    """coco-mini's real photos and captions (one per image, first 16) through captions -> segment."""
+    params = small_params()
+    params["captions"].update(
+        source=str(coco_mini / "annotations" / "captions_train2017.json"),
+        images_dir=str(coco_mini / "train2017"),
+        select="first_n",
+        first_n=16,
+    )
+    ws = tmp_path / "coco"
+    ws.mkdir()
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copytree(workspace / "models", ws / "models")
+    for stage in ("captions", "nouns", "ground", "segment"):
+        run_stage(ws, f"stages.{stage}")
+    captions = read_table(ws / "data/captions/captions.parquet").to_pylist()
+    assert len(captions) == 16 and all(c["path"].startswith(str(coco_mini)) for c in captions)
+    nouns = read_table(ws / "data/nouns/nouns.parquet").to_pylist()
+    boxes = read_table(ws / "data/ground/boxes").to_pylist()
+    masks = read_table(ws / "data/segment/masks").to_pylist()
+    assert len({b["noun_id"] for b in boxes}) == len(nouns)
+    assert {m["noun_id"] for m in masks} == {b["noun_id"] for b in boxes if b["found"]}
+    sizes = {c["image_id"]: (c["height"], c["width"]) for c in captions}
+    assert all((m["height"], m["width"]) == sizes[m["image_id"]] for m in masks)
