@@ -137,6 +137,7 @@ def run_sharded(
                 shutil.rmtree(stale)
     partial.mkdir(parents=True, exist_ok=True)
     mine = [k for k in range(len(shards)) if k % world.size == world.rank]
+    log.info("%s: process %d of %d takes %d of %d shards", stage, world.rank, world.size, len(mine), len(shards))
     done = [k for k in mine if (partial / f"{_shard_name(k)}.parquet").exists()]
     if done:
         log.info("%s: resuming, %d of this process's %d shards already done", stage, len(done), len(mine))

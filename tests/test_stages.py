@@ -165,10 +165,16 @@ def test_kill_9_then_resume_gives_the_same_outputs(workspace: Path, grounded: Pa
 @pytest.mark.slow
 def test_two_processes_give_the_same_outputs_as_one(workspace: Path, grounded: Path, tmp_path: Path):
     ws = clone_workspace(workspace, tmp_path / "two")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m"]
-    run_stage(ws, "stages.ground", launcher=torchrun)
+    # on a CPU-only machine `--multi_gpu` makes accelerate start a torchrun world, which
+    # accelerate's PartialState(cpu=True) turns into a 2-process gloo group
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", "29517", "-m"]
+    out = run_stage(ws, "stages.ground", "--log-level", "INFO", launcher=launch)
+    assert "process 0 of 2" in out.stderr and "process 1 of 2" in out.stderr
+    assert len(list((ws / "data/ground/boxes").glob("part-*.parquet"))) >= 2
     shards_equal(ws / "data/ground/boxes", grounded / "data/ground/boxes")
-    run_stage(ws, "stages.segment", launcher=torchrun)
+    run_stage(ws, "stages.segment", launcher=launch)
     shards_equal(ws / "data/segment/masks", grounded / "data/segment/masks")
 
 
