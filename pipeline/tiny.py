@@ -7,6 +7,8 @@
     groundingdino/config.py    groundingdino-py SLConfig with small layer counts
     groundingdino/groundingdino_tiny.pth   {"model": state_dict}, like groundingdino_swint_ogc.pth
     sam/config.json, sam/sam_tiny.pth      segment-anything classes, raw state dict like sam_vit_h_4b8939.pth
+    sd/                        a diffusers Stable Diffusion folder (unet, vae, text_encoder,
+                               tokenizer, scheduler), like CompVis/stable-diffusion-v1-4
 
 The stages load these through exactly the code that loads the real checkpoints.
 """
@@ -33,6 +35,7 @@ def build_tiny_models(cfg: DemoModelsConfig) -> dict[str, str]:
     from .clip_tokenizer import build_clip_tokenizer
     from .tiny_grounding import build_tiny_grounding_dino
     from .tiny_sam import build_tiny_sam
+    from .tiny_sd import build_tiny_sd
 
     out = Path(cfg.out_dir)
     paths: dict[str, str] = {"clip_tokenizer": str(build_clip_tokenizer(out / "clip-tokenizer"))}
@@ -41,5 +44,7 @@ def build_tiny_models(cfg: DemoModelsConfig) -> dict[str, str]:
     log.info("built the tiny Grounding DINO")
     paths["sam"] = str(build_tiny_sam(out / "sam", cfg.seed))
     log.info("built the tiny SAM")
+    paths["sd"] = str(build_tiny_sd(out / "sd", cfg.seed, tokenizer_dir=out / "clip-tokenizer"))
+    log.info("built the tiny Stable Diffusion")
     write_json({"seed": cfg.seed, "paths": paths}, out / "MANIFEST.json")
     return paths

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from stagerun import make_workspace, small_params
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TOKENCOMPOSE_SHARED", REPO.parent / "shared"))
@@ -26,3 +27,8 @@ def coco_mini(shared_dir: Path) -> Path:
     path = shared_dir / "coco-mini"
     assert (path / "annotations" / "captions_train2017.json").exists(), path
     return path
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory) -> Path:
+    return make_workspace(tmp_path_factory.mktemp("ws") / "base", small_params())

@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_STAGES = ["demo_data", "demo_models", "coco_download", "captions", "nouns", "ground", "segment"]
+ALL_STAGES = ["demo_data", "demo_models", "coco_download", "captions", "nouns", "ground", "segment",
+              "reference_masks", "train"]
 
 
 def sh(cmd: list[str], cwd: Path, timeout: int = 900) -> str:
@@ -54,9 +55,9 @@ def clone(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_repro_then_up_to_date_then_threshold_experiment(clone: Path):
+def test_repro_then_up_to_date_then_threshold_experiment_then_plots(clone: Path):
     first = sh(["dvc", "repro"], clone)
-    assert set(ran_stages(first)) == set(DATA_STAGES)
+    assert set(ran_stages(first)) == set(ALL_STAGES)
     summary = json.loads((clone / "data/segment/summary.json").read_text())
     assert summary["masks"] > 0
     assert (clone / "dvc.lock").exists()
@@ -68,7 +69,7 @@ def test_repro_then_up_to_date_then_threshold_experiment(clone: Path):
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "repro"], clone)
 
     exp = sh(["dvc", "exp", "run", "-S", "ground.box_threshold=0.3", "-n", "thr03"], clone)
-    assert sorted(ran_stages(exp)) == ["ground", "segment"]
+    assert sorted(ran_stages(exp)) == ["ground", "segment", "train"]
     params = yaml.safe_load((clone / "params.yaml").read_text())
     assert params["ground"]["box_threshold"] == 0.3
 
@@ -79,3 +80,8 @@ def test_repro_then_up_to_date_then_threshold_experiment(clone: Path):
     now = json.loads((clone / "data/ground/summary.json").read_text())
     assert now["boxes"] < base["boxes"]
     assert str(now["boxes"]) in text and str(base["boxes"]) in text
+
+    plots = json.loads(sh(["dvc", "plots", "show", "--json"], clone))
+    text = json.dumps(plots)
+    for name in ("loss/total.tsv", "loss/token_16.tsv", "loss/pixel_4.tsv", "attention/step-"):
+        assert name in text, name

@@ -1,0 +1,305 @@
+"""A tiny randomly initialised Stable Diffusion, saved as a full diffusers pipeline folder.
+
+``build_tiny_sd(out_dir, seed)`` writes what ``CompVis/stable-diffusion-v1-4`` holds on the hub::
+
+    model_index.json
+    tokenizer/      SD's real CLIP tokenizer (49,408 ids), built offline
+    text_encoder/   CLIPTextModel, hidden 32, 2 layers            (config.json + model.safetensors)
+    vae/            AutoencoderKL, 3 levels -> downsampling 4, 4 latent channels
+    unet/           UNet2DConditionModel, 3 levels, cross-attention dim 32
+    scheduler/      DDPMScheduler with SD's betas (1000 steps, scaled_linear 0.00085-0.012)
+
+so ``StableDiffusionPipeline.from_pretrained(out_dir, safety_checker=None)`` and
+``load_sd_components(out_dir)`` load it through the same calls as the real weights.
+
+UNet layout for the default 64 px images (latent 16 x 16)::
+
+    down_blocks.0  CrossAttnDownBlock2D  16 x 16   (not supervised)
+    down_blocks.1  CrossAttnDownBlock2D   8 x 8    (not supervised)
+    down_blocks.2  DownBlock2D            4 x 4    (no attention)
+    mid_block      UNetMidBlock2DCrossAttn 4 x 4   1 cross-attention layer
+    up_blocks.0    UpBlock2D              4 x 4    (no attention)
+    up_blocks.1    CrossAttnUpBlock2D     8 x 8    2 cross-attention layers
+    up_blocks.2    CrossAttnUpBlock2D    16 x 16   2 cross-attention layers
+
+``cross_attention_resolutions`` gives the same table for any UNet (SD 1.4 at 512 px: mid 8,
+up 16/32/64, 1 + 3 + 3 + 3 = 10 layers).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from .clip_tokenizer import BOS_ID, EOS_ID, MODEL_MAX_LENGTH, VOCAB_SIZE, build_clip_tokenizer, load_clip_tokenizer
+from .tables import write_json
+
+log = logging.getLogger(__name__)
+
+PredictionType = Literal["epsilon", "v_prediction"]
+PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction")
+SD_SCALING_FACTOR = 0.18215
+
+
+@dataclass(frozen=True)
+class TinySDConfig:
+    """Architecture numbers of the tiny model; the defaults are the demo's."""
+
+    resolution: int = 64
+    prediction_type: PredictionType = "epsilon"
+    text_hidden_size: int = 32
+    text_layers: int = 2
+    text_heads: int = 2
+    text_intermediate_size: int = 64
+    vae_block_out_channels: tuple[int, ...] = (16, 32, 32)
+    vae_norm_num_groups: int = 8
+    latent_channels: int = 4
+    unet_block_out_channels: tuple[int, ...] = (32, 64, 64)
+    unet_layers_per_block: int = 1
+    unet_attention_head_dim: int = 8
+    unet_norm_num_groups: int = 8
+
+    @property
+    def vae_factor(self) -> int:
+        return 2 ** (len(self.vae_block_out_channels) - 1)
+
+    @property
+    def latent_size(self) -> int:
+        return self.resolution // self.vae_factor
+
+    def validate(self) -> None:
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type {self.prediction_type!r} not in {list(PREDICTION_TYPES)}")
+        if len(self.unet_block_out_channels) != 3:
+            raise ValueError(f"the tiny UNet has 3 levels, got block_out_channels {self.unet_block_out_channels}")
+        unet_factor = 2 ** (len(self.unet_block_out_channels) - 1)
+        if self.resolution <= 0 or self.resolution % (self.vae_factor * unet_factor):
+            raise ValueError(
+                f"resolution {self.resolution} must be a positive multiple of "
+                f"{self.vae_factor * unet_factor} (VAE x UNet downsampling)"
+            )
+        for name, channels, groups in (
+            ("vae", self.vae_block_out_channels, self.vae_norm_num_groups),
+            ("unet", self.unet_block_out_channels, self.unet_norm_num_groups),
+        ):
+            if any(c % groups for c in channels):
+                raise ValueError(f"{name} channels {channels} are not divisible by norm_num_groups {groups}")
+        if self.text_hidden_size % self.text_heads:
+            raise ValueError(f"text hidden size {self.text_hidden_size} not divisible by {self.text_heads} heads")
+
+
+@dataclass
+class SDComponents:
+    """What SD fine-tuning needs, loaded from one pipeline folder or hub id."""
+
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    noise_scheduler: DDPMScheduler
+
+
+def _text_encoder(cfg: TinySDConfig) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=cfg.text_hidden_size,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.text_heads,
+        intermediate_size=cfg.text_intermediate_size,
+        max_position_embeddings=MODEL_MAX_LENGTH,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+        projection_dim=cfg.text_hidden_size,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=EOS_ID,
+    )
+    return CLIPTextModel(config)
+
+
+def _vae(cfg: TinySDConfig) -> AutoencoderKL:
+    n = len(cfg.vae_block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=cfg.vae_block_out_channels,
+        layers_per_block=1,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=cfg.vae_norm_num_groups,
+        sample_size=cfg.resolution,
+        scaling_factor=SD_SCALING_FACTOR,
+    )
+
+
+def _unet(cfg: TinySDConfig) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=cfg.latent_size,
+        in_channels=cfg.latent_channels,
+        out_channels=cfg.latent_channels,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=cfg.unet_block_out_channels,
+        layers_per_block=cfg.unet_layers_per_block,
+        cross_attention_dim=cfg.text_hidden_size,
+        attention_head_dim=cfg.unet_attention_head_dim,
+        norm_num_groups=cfg.unet_norm_num_groups,
+    )
+
+
+def sd_noise_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
+    """``DDPMScheduler`` with Stable Diffusion's training betas."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type {prediction_type!r} not in {list(PREDICTION_TYPES)}")
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+
+
+def _tokenizer(tokenizer_dir: str | Path | None, scratch: Path) -> CLIPTokenizer:
+    if tokenizer_dir is None:
+        build_clip_tokenizer(scratch, save_fast=False)
+        tokenizer_dir = scratch
+    tok = load_clip_tokenizer(tokenizer_dir)
+    if not isinstance(tok, CLIPTokenizer):
+        raise TypeError(f"expected a slow CLIPTokenizer from {tokenizer_dir}, got {type(tok).__name__}")
+    return tok
+
+
+def build_tiny_sd(
+    out_dir: str | Path,
+    seed: int,
+    tokenizer_dir: str | Path | None = None,
+    config: TinySDConfig | None = None,
+) -> Path:
+    """Write a tiny random SD pipeline folder to ``out_dir`` and return it.
+
+    The same ``seed`` and ``config`` give identical weights (each component is initialised
+    from its own seed, ``seed + k``, with the global RNG state restored afterwards).
+    ``tokenizer_dir``: a folder holding SD's CLIP tokenizer to copy; None builds it from the
+    CLIP BPE vocabulary shipped in ``open-clip-torch``.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    cfg = config or TinySDConfig()
+    cfg.validate()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    tokenizer = _tokenizer(tokenizer_dir, out_dir / "tokenizer")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = _text_encoder(cfg)
+        torch.manual_seed(seed + 1)
+        vae = _vae(cfg)
+        torch.manual_seed(seed + 2)
+        unet = _unet(cfg)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=sd_noise_scheduler(cfg.prediction_type),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    write_json({"seed": seed, "config": asdict(cfg)}, out_dir / "tiny_sd.json")
+    log.info(
+        "tiny SD (%s, %d px, latent %d) written to %s in %.1f s",
+        cfg.prediction_type,
+        cfg.resolution,
+        cfg.latent_size,
+        out_dir,
+        time.perf_counter() - t0,
+    )
+    return out_dir
+
+
+def _check_local(pretrained: str) -> None:
+    path = Path(pretrained)
+    if not path.exists():
+        return
+    missing = [s for s in ("tokenizer", "text_encoder", "vae", "unet", "scheduler") if not (path / s).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{path} is not a Stable Diffusion pipeline folder: no {missing}")
+
+
+def load_sd_components(pretrained: str | Path, revision: str | None = None, variant: str | None = None) -> SDComponents:
+    """Load SD's tokenizer (slow), text encoder, VAE, UNet and a DDPM noise scheduler.
+
+    ``pretrained``: a hub id (``CompVis/stable-diffusion-v1-4``, ``stabilityai/stable-diffusion-2-1``)
+    or a local pipeline folder (``build_tiny_sd``'s output); each part from its subfolder, as
+    diffusers' ``train_text_to_image.py`` does. The scheduler config is read into a
+    ``DDPMScheduler`` whatever class the folder names (SD 1.4 ships PNDM, SD 2.1 DDIM), so
+    its ``prediction_type`` comes along. Models are returned in eval mode on the CPU.
+    """
+    pretrained = str(pretrained)
+    _check_local(pretrained)
+    tokenizer = CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", revision=revision)
+    if len(tokenizer) != VOCAB_SIZE or tokenizer.bos_token_id != BOS_ID or tokenizer.eos_token_id != EOS_ID:
+        raise ValueError(f"{pretrained}: the tokenizer is not SD's CLIP tokenizer ({len(tokenizer)} ids)")
+    noise_scheduler = DDPMScheduler.from_pretrained(pretrained, subfolder="scheduler", revision=revision)
+    kwargs = {"revision": revision, "variant": variant}
+    text_encoder = CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder", **kwargs)
+    vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae", **kwargs)
+    unet = UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet", **kwargs)
+    if text_encoder.config.hidden_size != unet.config.cross_attention_dim:
+        raise ValueError(
+            f"{pretrained}: text encoder width {text_encoder.config.hidden_size} != "
+            f"UNet cross_attention_dim {unet.config.cross_attention_dim}"
+        )
+    return SDComponents(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder.eval(),
+        vae=vae.eval(),
+        unet=unet.eval(),
+        noise_scheduler=noise_scheduler,
+    )
+
+
+def vae_scale_factor(vae: AutoencoderKL) -> int:
+    """Pixels per latent pixel along a side: ``2 ** (len(block_out_channels) - 1)`` (SD: 8)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def cross_attention_resolutions(unet: UNet2DConditionModel, latent_size: int) -> dict[str, int]:
+    """Supervised cross-attention layers -> the side of their square attention map.
+
+    Keys are module names of the ``attn2`` layers of the mid block and the up blocks, in
+    forward order (e.g. ``"up_blocks.1.attentions.0.transformer_blocks.0.attn2"``); values
+    are map sides (the map of a layer at side ``s`` has ``s * s`` query positions).
+    Down-block layers are not included (TokenCompose does not supervise them).
+    ``latent_size``: the latent side, ``resolution // vae_scale_factor(vae)``.
+    """
+    n_levels = len(unet.config.block_out_channels)
+    if latent_size % (2 ** (n_levels - 1)):
+        raise ValueError(f"latent size {latent_size} is not divisible by {2 ** (n_levels - 1)}")
+    deepest = latent_size // 2 ** (n_levels - 1)
+    found: list[tuple[tuple[int, ...], str, int]] = []
+    for name, _ in unet.named_modules():
+        if not name.endswith("attn2"):
+            continue
+        parts = name.split(".")
+        order = tuple(int(p) for p in parts if p.isdigit())
+        if parts[0] == "mid_block":
+            found.append(((0, *order), name, deepest))
+        elif parts[0] == "up_blocks":
+            found.append(((1, *order), name, deepest * 2 ** int(parts[1])))
+    return {name: side for _, name, side in sorted(found)}

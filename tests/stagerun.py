@@ -1,0 +1,71 @@
+"""Running the real stage scripts in throwaway workspaces (params.yaml + data + models)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipeline.tables import read_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# one intra-op thread everywhere: torchrun sets it for its workers, and CPU float results
+# depend on the thread count, so single- and multi-process runs must use the same
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "LOG_LEVEL": "WARNING", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def run_stage(ws: Path, module: str, *args: str, launcher: list[str] | None = None, check: bool = True):
+    cmd = (launcher or [sys.executable, "-m"]) + [module, "--params", "params.yaml", *args]
+    proc = subprocess.run(cmd, cwd=ws, env=ENV, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def small_params(num_images: int = 12, shard_size: int = 3) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["demo_data"]["num_images"] = num_images
+    params["ground"]["shard_size"] = shard_size
+    params["segment"]["shard_size"] = shard_size
+    return params
+
+
+def make_workspace(root: Path, params: dict, models: Path | None = None) -> Path:
+    """A folder with params.yaml, the demo data and tiny models, captions and nouns run."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_stage(root, "stages.demo_data")
+    if models is None:
+        run_stage(root, "stages.demo_models")
+    else:
+        shutil.copytree(models, root / "models" / "tiny")
+    run_stage(root, "stages.captions")
+    run_stage(root, "stages.nouns")
+    return root
+
+
+def clone_workspace(src: Path, dst: Path, **overrides) -> Path:
+    """Copy the inputs of ``ground`` (not its outputs) into a fresh folder."""
+    dst.mkdir(parents=True)
+    for name in ("data/demo", "data/captions", "data/nouns", "models"):
+        shutil.copytree(src / name, dst / name)
+    params = yaml.safe_load((src / "params.yaml").read_text())
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        params[section][field] = value
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return dst
+
+
+def shards_equal(a: Path, b: Path) -> None:
+    ta, tb = read_table(a), read_table(b)
+    assert ta.num_rows == tb.num_rows
+    assert ta.equals(tb), f"{a} and {b} differ"
+
+

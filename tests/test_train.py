@@ -1,0 +1,199 @@
+"""The train stage as a user runs it: the real script on the tiny Stable Diffusion.
+
+Saved files and the pipeline swap, resume after ``kill -9``, two processes against one,
+a diverging run, bf16, and the effect itself: supervision raises the share of attention
+inside the masks on held-out images.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from stagerun import ENV, run_stage
+
+TRAIN = {
+    "masks": "data/reference_masks/masks",
+    "max_train_steps": 6,
+    "train_batch_size": 2,
+    "gradient_accumulation_steps": 1,
+    "checkpointing_steps": 2,
+    "checkpoints_total_limit": 2,
+    "heatmap_steps": 3,
+    "heatmap_captions": 2,
+    "holdout_images": 2,
+    "learning_rate": 1e-3,
+}
+
+
+@pytest.fixture(scope="session")
+def train_ws(workspace: Path, tmp_path_factory) -> Path:
+    """The shared demo workspace plus reference masks (exact instance masks)."""
+    run_stage(workspace, "stages.reference_masks")
+    return workspace
+
+
+def make_train_ws(src: Path, dst: Path, **train) -> Path:
+    dst.mkdir(parents=True)
+    for name in ("data/demo", "data/captions", "data/nouns", "data/reference_masks", "models"):
+        (dst / name).parent.mkdir(parents=True, exist_ok=True)
+        (dst / name).symlink_to(src / name)
+    params = yaml.safe_load((src / "params.yaml").read_text())
+    params["train"].update({**TRAIN, **train})
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return dst
+
+
+def unet_state(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "diffusion_pytorch_model.safetensors"))
+
+
+def assert_same_weights(a: Path, b: Path, atol: float = 1e-6) -> None:
+    sa, sb = unet_state(a), unet_state(b)
+    assert sa.keys() == sb.keys()
+    worst = max(float((sa[k] - sb[k]).abs().max()) for k in sa)
+    assert worst <= atol, f"weights differ by up to {worst}"
+
+
+def assert_same_training(a: Path, b: Path, base: Path) -> None:
+    """Two runs took the same steps: equal loss curves, and weights equal up to float noise.
+
+    Different batch layouts sum in another order; Adam's first steps (update ~ lr * sign(g))
+    turn the last-bit differences of near-zero gradients into updates of either sign, so the
+    weights are compared relative to how far training moved them.
+    """
+    curves = [[float(r.split("\t")[1]) for r in (p / "dvclive/plots/metrics/loss/total.tsv").read_text().splitlines()[1:]]
+              for p in (a.parent, b.parent)]
+    assert torch.allclose(torch.tensor(curves[0]), torch.tensor(curves[1]), rtol=1e-4), curves
+    sa, sb, s0 = unet_state(a), unet_state(b), unet_state(base)
+    diff = sum(float((sa[k] - sb[k]).double().pow(2).sum()) for k in sa) ** 0.5
+    moved = sum(float((sb[k] - s0[k]).double().pow(2).sum()) for k in sb) ** 0.5
+    assert diff < 0.02 * moved, f"runs differ by {diff:.3g}, training moved the weights by {moved:.3g}"
+
+
+@pytest.fixture(scope="session")
+def trained(train_ws: Path, tmp_path_factory) -> Path:
+    ws = make_train_ws(train_ws, tmp_path_factory.mktemp("train") / "ws")
+    run_stage(ws, "stages.train")
+    return ws
+
+
+def test_writes_unet_checkpoints_curves_heatmaps_and_loads_into_the_pipeline(trained: Path, train_ws: Path):
+    out = trained / "data/train"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["global_batch"] == 2
+    assert summary["attention_resolutions"] == [4, 8, 16]
+    assert summary["captions"] == summary["examples"] + summary["rejected"]
+    assert summary["heldout_examples"] > 0 and 0 < summary["final_heldout_attention_share_mean"] < 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000004", "step-000006"]
+    total = (out / "dvclive/plots/metrics/loss/total.tsv").read_text().splitlines()
+    assert [int(r.split("\t")[0]) for r in total[1:]] == [1, 2, 3, 4, 5, 6]
+    for group in (4, 8, 16):
+        assert (out / f"dvclive/plots/metrics/loss/token_{group}.tsv").exists()
+        assert (out / f"dvclive/plots/metrics/loss/pixel_{group}.tsv").exists()
+    heatmaps = sorted((out / "dvclive/plots/images/attention").glob("*.png"))
+    assert [p.name for p in heatmaps] == ["step-000003.png", "step-000006.png"]
+
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    pipe = StableDiffusionPipeline.from_pretrained(train_ws / "models/tiny/sd", safety_checker=None)
+    pipe.unet = UNet2DConditionModel.from_pretrained(out / "unet")
+    image = pipe("a teddy bear next to an apple", num_inference_steps=2, height=64, width=64,
+                 generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    assert image.shape == (64, 64, 3)
+    base = unet_state(train_ws / "models/tiny/sd/unet")
+    assert any(not torch.equal(base[k], v) for k, v in unet_state(out / "unet").items())
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_resumes_to_the_same_weights(train_ws: Path, trained: Path, tmp_path: Path):
+    ws = make_train_ws(train_ws, tmp_path / "ws", checkpointing_steps=1, checkpoints_total_limit=2)
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train", "--params", "params.yaml"], cwd=ws, env=ENV)
+    first = ws / "data/train/checkpoints/step-000002"
+    deadline = time.time() + 300
+    while time.time() < deadline and not first.exists():
+        assert proc.poll() is None, "training finished before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (ws / "data/train/unet").exists()
+    out = run_stage(ws, "stages.train", "--log-level", "INFO")
+    assert "resuming from" in out.stderr
+    assert_same_weights(ws / "data/train/unet", trained / "data/train/unet")
+    total = (ws / "data/train/dvclive/plots/metrics/loss/total.tsv").read_text().splitlines()
+    assert [int(r.split("\t")[0]) for r in total[1:]] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_with_the_same_global_batch(train_ws: Path, trained: Path, tmp_path: Path):
+    ws = make_train_ws(train_ws, tmp_path / "ws", train_batch_size=1)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", "29519", "-m"]
+    run_stage(ws, "stages.train", launcher=launch)
+    summary = json.loads((ws / "data/train/summary.json").read_text())
+    assert summary["processes"] == 2 and summary["global_batch"] == 2
+    assert_same_training(ws / "data/train/unet", trained / "data/train/unet", train_ws / "models/tiny/sd/unet")
+
+
+def test_gradient_accumulation_equals_a_larger_batch(train_ws: Path, trained: Path, tmp_path: Path):
+    ws = make_train_ws(train_ws, tmp_path / "ws", train_batch_size=1, gradient_accumulation_steps=2)
+    run_stage(ws, "stages.train")
+    assert_same_training(ws / "data/train/unet", trained / "data/train/unet", train_ws / "models/tiny/sd/unet")
+
+
+def test_a_diverging_run_stops_naming_step_and_examples_and_keeps_the_last_good_checkpoint(
+    train_ws: Path, tmp_path: Path
+):
+    ws = make_train_ws(train_ws, tmp_path / "ws", learning_rate=1e30, checkpointing_steps=1, max_train_steps=5)
+    proc = run_stage(ws, "stages.train", check=False)
+    assert proc.returncode != 0
+    assert "TrainingDiverged" in proc.stderr and "non-finite loss" in proc.stderr
+    assert "at step 2 on caption ids [" in proc.stderr
+    assert "last good checkpoint: data/train/checkpoints/step-000001" in proc.stderr
+    assert [p.name for p in (ws / "data/train/checkpoints").iterdir()] == ["step-000001"]
+    assert not (ws / "data/train/unet").exists()
+
+
+def test_bf16_mixed_precision_trains(train_ws: Path, tmp_path: Path):
+    ws = make_train_ws(train_ws, tmp_path / "ws", mixed_precision="bf16", max_train_steps=2, heatmap_steps=2)
+    run_stage(ws, "stages.train")
+    summary = json.loads((ws / "data/train/summary.json").read_text())
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in summary.items() if k.startswith("final_"))
+
+
+def test_other_settings_never_resume_from_old_checkpoints(trained: Path, tmp_path: Path, train_ws: Path):
+    ws = make_train_ws(train_ws, tmp_path / "ws", lambda_token=0.0, gamma_pixel=0.0)
+    shutil.copytree(trained / "data/train/checkpoints", ws / "data/train/checkpoints")
+    out = run_stage(ws, "stages.train", "--log-level", "INFO")
+    assert "resuming from" not in out.stderr
+    assert "removing checkpoint of other settings" in out.stderr
+    summary = json.loads((ws / "data/train/summary.json").read_text())
+    assert summary["resumed_from_step"] == 0 and summary["final_token"] == 0.0
+
+
+@pytest.mark.slow
+def test_supervision_raises_attention_inside_masks_on_held_out_images(train_ws: Path, tmp_path: Path):
+    """K steps with lambda, gamma > 0 against the same K steps with lambda = gamma = 0.
+
+    Exact demo instance masks; 3 of the 12 images held out. If the token indices or the losses
+    were wrong, the supervised run would not move attention onto unseen images' objects.
+    """
+    shares = {}
+    for name, (lam, gam) in {"on": (1.0, 0.05), "off": (0.0, 0.0)}.items():
+        ws = make_train_ws(train_ws, tmp_path / name, lambda_token=lam, gamma_pixel=gam, max_train_steps=30,
+                           train_batch_size=4, holdout_images=3, checkpointing_steps=1000, heatmap_steps=1000,
+                           gradient_checkpointing=False)
+        run_stage(ws, "stages.train")
+        shares[name] = json.loads((ws / "data/train/summary.json").read_text())["final_heldout_attention_share_mean"]
+    assert shares["on"] > 1.25 * shares["off"], shares
