@@ -296,8 +296,8 @@ def run_mode(mode: str, model: str = "small", steps: int = 3, checkpointing: boo
             with capture:   # backward inside: the checkpointed recompute needs the capture processors
                 pred = unet(*args).sample
                 groups = capture.groups() if mode == "tokencompose" else {}
-                maps.update(n=len(capture.maps), mb=sum(m.probs.numel() * m.probs.element_size()
-                                                         for m in capture.maps) / 2**20)
+                held = [p for _, p in capture.store.items()]
+                maps.update(n=len(held), mb=sum(p.numel() * p.element_size() for p in held) / 2**20)
                 losses(pred, groups).backward()
             capture.clear()
         elif store is not None:

@@ -74,7 +74,7 @@ class TrainConfig:
     train_batch_size: int = 1
     gradient_accumulation_steps: int = 4
     max_train_steps: int = 24000
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # not "no": YAML 1.1 reads it as false
     gradient_checkpointing: bool = True
     checkpointing_steps: int = 500
     checkpoints_total_limit: int = 2
@@ -161,7 +161,8 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
     from .train_logging import TrainLogger
 
     device = resolve_device(cfg.device)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=device == "cpu")
+    accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(cfg.mixed_precision, cfg.mixed_precision),
+                              cpu=device == "cpu")
     world, rank = accelerator.num_processes, accelerator.process_index
     out = Path(cfg.out_dir)
     fp = run_fingerprint(cfg, captions_path, nouns_path, cfg.masks)
@@ -169,7 +170,7 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
     parts = load_sd_components(cfg.pretrained, revision=cfg.revision)
     examples, rejects, data_summary = build_examples(captions_path, nouns_path, cfg.masks, tokenizer=parts.tokenizer)
     examples, heldout = split_holdout(examples, cfg.holdout_images, cfg.seed)
-    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
+    weight_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
     unet, vae, text_encoder, scheduler = parts.unet, parts.vae, parts.text_encoder, parts.noise_scheduler
     for frozen in (vae, text_encoder):
         frozen.requires_grad_(False).eval()
