@@ -1,6 +1,6 @@
 """Benchmark: cost of the TokenCompose losses in a training step (time and peak memory).
 
-    python -m bench.bench_train [--model small|sd14] [--steps 3] [--no-checkpointing] [--device auto]
+    python -m bench.bench_train [--model small|sd14] [--steps 10] [--rounds 2] [--no-checkpointing] [--device auto]
     python -m bench.bench_train --mode tokencompose --json     # one mode in this process (what run() starts)
 
 The same UNet (same config, same seed), the same random batch and the same optimizer step
@@ -30,14 +30,21 @@ the official training, unless ``--no-checkpointing``.
 
 The batch: noisy latents, noise target and timesteps; text states ``(B, 77, cross_attention_dim)``;
 N = 3 nouns with 1, 2 and 1 tokens and a random rectangle mask each, resized to every
-supervised resolution with ``resize_mask``. One warm-up step, then ``--steps`` timed steps;
-the median seconds per step is reported.
+supervised resolution with ``resize_mask``. Every mode runs ``--rounds`` times in a fresh
+subprocess, the modes interleaved; each process makes one warm-up step, then ``--steps`` timed
+steps; the median seconds per step over all of a mode's timed steps is reported. On a shared
+2-core machine, another busy process makes the times meaningless (OpenMP threads stall): the
+note gives the load average before the run.
 
-Peak memory: every mode runs in a fresh subprocess. On CUDA, ``torch.cuda.max_memory_allocated``
+Peak memory (the largest of a mode's rounds): on CUDA, ``torch.cuda.max_memory_allocated``
 over the timed steps (``reset_peak_memory_stats`` after the warm-up): weights, gradients, AdamW
 state and activations. On the CPU, peak RSS growth: ``ru_maxrss`` after the timed steps minus
 ``VmRSS`` (``/proc/self/status``) after the UNet, optimizer and batch are built and before the
-warm-up step: gradients, AdamW state and activations, not the weights.
+warm-up step: gradients, AdamW state and activations, not the weights. RSS is coarse: glibc's
+heap keeps freed blocks (the gradients, freed by ``zero_grad(set_to_none=True)``, are reused for
+the next step's activations), so a difference smaller than the gradients (4 B x params) can be
+partly hidden. ``--mmap-threshold 131072`` runs the modes with ``MALLOC_MMAP_THRESHOLD_`` set,
+so that large freed tensors leave the RSS at once (a closer peak; steps ~60 % slower).
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ import gc
 import json
 import logging
 import math
+import os
 import platform
 import resource
 import statistics
@@ -255,8 +263,8 @@ def _maxrss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
-def run_mode(mode: str, model: str = "small", steps: int = 3, checkpointing: bool = True,
-             device: str = "auto", batch_size: int = 1) -> dict:
+def run_mode(mode: str, model: str = "small", steps: int = 10, checkpointing: bool = True,
+             device: str = "auto", batch_size: int = 1, threads: int | None = None) -> dict:
     """Time ``steps`` training steps of one mode after a warm-up step; peak memory; a dict."""
     from pipeline.attention import AttentionCapture
     from pipeline.devices import resolve_device
@@ -267,6 +275,8 @@ def run_mode(mode: str, model: str = "small", steps: int = 3, checkpointing: boo
         raise ValueError(f"mode must be one of {MODES + EXTRA_MODES}, got {mode!r}")
     device = resolve_device(device)
     cuda = device.startswith("cuda")
+    if threads:
+        torch.set_num_threads(threads)
     unet = build_unet(model)
     n_params = sum(p.numel() for p in unet.parameters())
     if checkpointing:
@@ -347,12 +357,17 @@ def run_mode(mode: str, model: str = "small", steps: int = 3, checkpointing: boo
 
 
 def _run_subprocess(mode: str, model: str, steps: int, checkpointing: bool, device: str,
-                    batch_size: int) -> dict:
+                    batch_size: int, threads: int | None, mmap_threshold: int | None) -> dict:
     cmd = [sys.executable, "-m", "bench.bench_train", "--mode", mode, "--json", "--model", model,
            "--steps", str(steps), "--device", device, "--batch-size", str(batch_size)]
+    if threads:
+        cmd += ["--threads", str(threads)]
     if not checkpointing:
         cmd.append("--no-checkpointing")
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    env = dict(os.environ)
+    if mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
+    proc = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -361,25 +376,54 @@ def _run_subprocess(mode: str, model: str, steps: int, checkpointing: bool, devi
     return json.loads(lines[-1])
 
 
-def run(model: str = "small", steps: int = 3, checkpointing: bool = True, device: str = "auto",
-        batch_size: int = 1, modes: tuple[str, ...] = MODES) -> list[dict]:
-    """All rows: dicts with group, metric, value, unit, note."""
+def _pool(runs: list[dict]) -> dict:
+    """One mode's rounds -> one result: the median of all timed steps, the largest peak."""
+    good = [r for r in runs if "error" not in r]
+    if not good:
+        return runs[0]
+    out = dict(good[0])
+    out["times_s"] = [t for r in good for t in r["times_s"]]
+    out["step_s"] = statistics.median(out["times_s"])
+    out["peak_mb"] = max(r["peak_mb"] for r in good)
+    out["rounds"] = len(good)
+    return out
+
+
+def run(model: str | None = None, steps: int = 10, checkpointing: bool = True, device: str = "auto",
+        batch_size: int = 1, modes: tuple[str, ...] = MODES, threads: int | None = None,
+        mmap_threshold: int | None = None, rounds: int = 2) -> list[dict]:
+    """All rows: dicts with group, metric, value, unit, note. ``model`` None: sd14 on CUDA, else small.
+
+    Each mode runs ``rounds`` times in a fresh subprocess, the modes interleaved (plain,
+    tokencompose, official-style, plain, ...), so that a slow spell of a shared machine or
+    one process's luck falls on every mode alike.
+    """
     from pipeline.devices import resolve_device
 
     device = resolve_device(device)
-    results = {m: _run_subprocess(m, model, steps, checkpointing, device, batch_size) for m in modes}
+    model = model or ("sd14" if device.startswith("cuda") else "small")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    modes = tuple(dict.fromkeys(modes))
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    for _ in range(rounds):
+        for m in modes:
+            runs[m].append(_run_subprocess(m, model, steps, checkpointing, device, batch_size, threads,
+                                           mmap_threshold))
+    results = {m: _pool(rs) for m, rs in runs.items()}
     ok = next((r for r in results.values() if "error" not in r), None)
     if ok is None:
         raise RuntimeError(f"every mode failed: {[r['error'] for r in results.values()]}")
-    channels, resolution = MODELS[model]
+    resolution = MODELS[model][1]
     cuda = device.startswith("cuda")
     group = f"train-{model}"
     setup = (f"{resolution} px, batch {batch_size}, {ok['params'] / 1e6:.1f}M params, "
              f"checkpointing {'on' if checkpointing else 'off'}, "
-             + (ok["gpu"] if cuda else f"CPU {ok['threads']} threads"))
-    mem_note = ("cuda max_memory_allocated over the timed steps (weights, grads, AdamW, activations)" if cuda
+             + (ok["gpu"] if cuda else f"CPU {ok['threads']} threads, load average {load:.1f} before the run"))
+    mem_note = ("cuda max_memory_allocated over the timed steps (weights, grads, AdamW, activations; "
+                f"{ok['static_mb']:,.0f} MB allocated before the first step: weights + batch)" if cuda
                 else "peak RSS growth: ru_maxrss after the steps - VmRSS before the first step "
-                     "(grads, AdamW state, activations; not the weights)")
+                     "(grads, AdamW state, activations; not the weights)"
+                     + (f"; MALLOC_MMAP_THRESHOLD_={mmap_threshold}" if mmap_threshold is not None else ""))
     rows: list[dict] = []
     for m, r in results.items():
         if "error" in r:
@@ -388,8 +432,12 @@ def run(model: str = "small", steps: int = 3, checkpointing: bool = True, device
             continue
         maps = f"{r['maps']} maps stored with grad, {r['maps_mb']:.1f} MB" if r["maps"] else "no maps stored"
         rows.append(row(group, f"{m}: step time", r["step_s"], "s",
-                        f"median of {steps} after 1 warm-up; {setup}" if m == modes[0] else maps))
+                        f"median of {rounds} x {steps} steps, each process after 1 warm-up; {setup}"
+                        if m == modes[0] else maps))
         rows.append(row(group, f"{m}: peak memory", r["peak_mb"], "MB", mem_note if m == modes[0] else ""))
+    state_mb = 3 * ok["params"] * 4 / 2**20
+    rows.append(row(group, "grads + AdamW state in every peak", state_mb, "MB",
+                    "3 x params x 4 B (fp32): the part of each peak the losses cannot change"))
     base = results.get("plain")
     if base is not None and "error" not in base:
         for m, r in results.items():
@@ -405,25 +453,30 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(MODELS), default=None,
                         help="UNet size (default: small on the CPU, sd14 on CUDA)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per mode, after 1 warm-up step")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per process, after 1 warm-up step")
+    parser.add_argument("--rounds", type=int, default=2, help="subprocesses per mode, interleaved")
     parser.add_argument("--no-checkpointing", action="store_true", help="gradient checkpointing off")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--mmap-threshold", type=int, default=None, metavar="BYTES",
+                        help="CPU: run the modes with MALLOC_MMAP_THRESHOLD_=BYTES (e.g. 131072), so freed "
+                             "tensors leave the RSS at once: a closer peak, a slower step")
     parser.add_argument("--modes", default=",".join(MODES),
                         help=f"comma-separated, from {', '.join(MODES + EXTRA_MODES)}; plain first for the ratios")
     parser.add_argument("--mode", choices=MODES + EXTRA_MODES, help="run one mode in this process")
     parser.add_argument("--json", action="store_true", help="with --mode: print the result as one JSON line")
     args = parser.parse_args(argv)
     setup_logging("WARNING")
-    if args.steps < 1 or args.batch_size < 1:
-        parser.error("--steps and --batch-size must be >= 1")
+    if min(args.steps, args.batch_size, args.rounds) < 1:
+        parser.error("--steps, --batch-size and --rounds must be >= 1")
     from pipeline.devices import resolve_device
 
     device = resolve_device(args.device)
     model = args.model or ("sd14" if device.startswith("cuda") else "small")
     checkpointing = not args.no_checkpointing
     if args.mode:
-        result = run_mode(args.mode, model, args.steps, checkpointing, device, args.batch_size)
+        result = run_mode(args.mode, model, args.steps, checkpointing, device, args.batch_size, args.threads)
         print(json.dumps(result) if args.json else to_markdown([
             row(f"train-{model}", f"{args.mode}: step time", result["step_s"], "s", ""),
             row(f"train-{model}", f"{args.mode}: peak memory", result["peak_mb"], "MB", result["memory"]),
@@ -435,7 +488,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown mode(s) {bad}; choose from {MODES + EXTRA_MODES}")
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, device {device}")
-    print(to_markdown(run(model, args.steps, checkpointing, device, args.batch_size, modes)))
+    print(to_markdown(run(model, args.steps, checkpointing, device, args.batch_size, modes, args.threads,
+                          args.mmap_threshold, args.rounds)))
 
 
 if __name__ == "__main__":

@@ -259,8 +259,9 @@ class AttentionCapture:
         return self._originals is not None
 
     def active(self, enabled: bool = True) -> contextlib.AbstractContextManager:
-        """``with capture.active(flag):`` captures when ``flag`` is true and is a no-op otherwise."""
-        return self if enabled else contextlib.nullcontext(self)
+        """``with capture.active(flag):`` captures when ``flag`` is true; a no-op when it is false
+        or when the capture is already active (so a loop can hold it across many steps)."""
+        return self if enabled and not self.is_active else contextlib.nullcontext(self)
 
     def __enter__(self) -> AttentionCapture:
         if self.is_active:

@@ -51,8 +51,8 @@ def validate(path: Path) -> None:
     from .download import CocoDownloadConfig
     from .grounding import GroundConfig
     from .nouns import NounsConfig
-    from .segmentation import SegmentConfig
     from .reference_masks import ReferenceMasksConfig
+    from .segmentation import SegmentConfig
     from .tiny import DemoModelsConfig
     from .training import TrainConfig
 

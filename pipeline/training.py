@@ -43,7 +43,6 @@ from .data import TokenComposeDataset, build_examples, collate
 from .devices import resolve_device
 from .losses import grounding_losses, total_loss
 from .shards import file_digest
-from .tables import write_json
 from .tiny_sd import load_sd_components, vae_scale_factor
 
 log = logging.getLogger(__name__)
@@ -209,45 +208,47 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
                disable=None if accelerator.is_main_process else True)
     supervise = cfg.lambda_token > 0 or cfg.gamma_pixel > 0
     t0, last = time.perf_counter(), {}
-    for step in range(start_step, cfg.max_train_steps):
-        parts_sum: dict[str, float] = {}
-        for micro in range(cfg.gradient_accumulation_steps):
-            positions = example_positions(step, micro, rank, cfg, world)
-            batch = collate([dataset[order(p)] for p in positions])
-            final_micro = micro == cfg.gradient_accumulation_steps - 1
-            ctx = accelerator.no_sync(unet) if not final_micro else contextlib.nullcontext()
-            # backward inside the capture: gradient checkpointing recomputes the supervised layers
-            with ctx, capture.active(supervise):
-                loss, logged = _micro_step(cfg, batch, positions, unet, vae, text_encoder, scheduler, capture,
-                                           accelerator, weight_dtype)
-                _check_finite(accelerator, loss, step, batch, out)
-                accelerator.backward(loss / cfg.gradient_accumulation_steps)
-            capture.clear()
-            for k, v in logged.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + v / cfg.gradient_accumulation_steps
-        grad_norm = accelerator.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        last = _mean_over_processes(accelerator, parts_sum)
-        last["grad_norm"] = float(grad_norm)
-        done = step + 1
-        logger.log_step(done, last)
-        bar.update(1)
-        bar.set_postfix(loss=f"{last['total']:.4f}")
-        if done % cfg.checkpointing_steps == 0 or done == cfg.max_train_steps:
-            if accelerator.is_main_process:
-                save_checkpoint(out / "checkpoints", done, accelerator.unwrap_model(unet), optimizer,
-                                fp, cfg.checkpoints_total_limit)
-            accelerator.wait_for_everyone()
-        if accelerator.is_main_process and (done % cfg.heatmap_steps == 0 or done == cfg.max_train_steps):
-            logger.log_heatmaps(done, _heatmap_rows(cfg, dataset, heat_examples, accelerator.unwrap_model(unet),
-                                                    vae, text_encoder, scheduler, capture, weight_dtype))
-            if heldout_set is not None:
-                share = evaluate_attention_share(accelerator.unwrap_model(unet), vae, text_encoder, heldout_set,
-                                                 list(range(len(heldout_set))), cfg.attn_blocks, seed=cfg.seed,
-                                                 scheduler=scheduler)
-                logger.log_heldout(done, share)
-                last.update({f"heldout_attention_share_{k}": v for k, v in share.items()})
+    # the capture is held across steps: swapping processors every micro-step costs time
+    with capture.active(supervise):
+        for step in range(start_step, cfg.max_train_steps):
+            parts_sum: dict[str, float] = {}
+            for micro in range(cfg.gradient_accumulation_steps):
+                positions = example_positions(step, micro, rank, cfg, world)
+                batch = collate([dataset[order(p)] for p in positions])
+                final_micro = micro == cfg.gradient_accumulation_steps - 1
+                ctx = accelerator.no_sync(unet) if not final_micro else contextlib.nullcontext()
+                # backward inside the capture: gradient checkpointing recomputes the supervised layers
+                with ctx, capture.active(supervise):
+                    loss, logged = _micro_step(cfg, batch, positions, unet, vae, text_encoder, scheduler, capture,
+                                               accelerator, weight_dtype)
+                    _check_finite(accelerator, loss, step, batch, out)
+                    accelerator.backward(loss / cfg.gradient_accumulation_steps)
+                capture.clear()
+                for k, v in logged.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + v / cfg.gradient_accumulation_steps
+            grad_norm = accelerator.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            last = _mean_over_processes(accelerator, parts_sum)
+            last["grad_norm"] = float(grad_norm)
+            done = step + 1
+            logger.log_step(done, last)
+            bar.update(1)
+            bar.set_postfix(loss=f"{last['total']:.4f}")
+            if done % cfg.checkpointing_steps == 0 or done == cfg.max_train_steps:
+                if accelerator.is_main_process:
+                    save_checkpoint(out / "checkpoints", done, accelerator.unwrap_model(unet), optimizer,
+                                    fp, cfg.checkpoints_total_limit)
+                accelerator.wait_for_everyone()
+            if accelerator.is_main_process and (done % cfg.heatmap_steps == 0 or done == cfg.max_train_steps):
+                logger.log_heatmaps(done, _heatmap_rows(cfg, dataset, heat_examples, accelerator.unwrap_model(unet),
+                                                        vae, text_encoder, scheduler, capture, weight_dtype))
+                if heldout_set is not None:
+                    share = evaluate_attention_share(accelerator.unwrap_model(unet), vae, text_encoder, heldout_set,
+                                                     list(range(len(heldout_set))), cfg.attn_blocks, seed=cfg.seed,
+                                                     scheduler=scheduler)
+                    logger.log_heldout(done, share)
+                    last.update({f"heldout_attention_share_{k}": v for k, v in share.items()})
     bar.close()
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
