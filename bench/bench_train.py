@@ -287,6 +287,8 @@ def run_mode(mode: str, model: str = "small", steps: int = 10, checkpointing: bo
     heads = {f"{n}.processor": m.heads for n, m in unet.named_modules() if hasattr(m, "set_processor")}
 
     capture = AttentionCapture(unet, blocks=("mid", "up")) if mode in ("tokencompose", "capture-only") else None
+    if capture is not None:
+        capture.__enter__()  # held for the whole run, as the train stage holds it across steps
     store, supervised = install_store_all(unet) if mode == "official-style" else (None, [])
     no_grounding = {"token": {}, "pixel": {}}
     maps = {"n": 0, "mb": 0.0}
@@ -303,7 +305,7 @@ def run_mode(mode: str, model: str = "small", steps: int = 10, checkpointing: bo
         optimizer.zero_grad(set_to_none=True)
         args = (batch["noisy"], batch["timesteps"], batch["text"])
         if capture is not None:
-            with capture:   # backward inside: the checkpointed recompute needs the capture processors
+            with capture.active(True):   # already held; backward inside it, as in training
                 pred = unet(*args).sample
                 groups = capture.groups() if mode == "tokencompose" else {}
                 held = [p for _, p in capture.store.items()]
