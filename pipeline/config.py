@@ -69,6 +69,12 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return tuple(items) if origin is tuple else items
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):
+        # YAML 1.1 (PyYAML) reads "5e-05" -- as `dvc exp run -S` writes it -- as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected float, got {value!r}") from None
     if annotation in (int, float, str, bool):
         if annotation is int and isinstance(value, bool):
             raise ConfigError(f"{where}: expected int, got {value!r}")

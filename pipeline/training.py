@@ -263,12 +263,12 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
         "attention_resolutions": resolutions,
         "train_examples": len(examples),
         "heldout_examples": len(heldout),
-        "seconds": round(time.perf_counter() - t0, 2),
         **{f"final_{k}": v for k, v in last.items()},
         **data_summary,
         "rejected": len(rejects),
     }
     logger.finish(summary, rejects)
+    log.info("trained %d steps in %.1f s", cfg.max_train_steps - start_step, time.perf_counter() - t0)
     return summary
 
 

@@ -47,3 +47,16 @@ def test_use_copies_a_valid_profile_and_refuses_a_broken_one(tmp_path: Path):
     assert yaml.safe_load(target.read_text())["ground"]["box_threshold"] == 0.4
     with pytest.raises(SystemExit, match="available: bad, good"):
         use("nope", configs, target)
+
+
+def test_floats_as_dvc_exp_run_writes_them_are_read_as_floats():
+    """`dvc exp run -S train.gamma_pixel=5e-5` writes `5e-05`, which YAML 1.1 reads as a string."""
+    from pipeline.config import from_dict
+    from pipeline.training import TrainConfig
+
+    params = yaml.safe_load("gamma_pixel: 5e-05\nlambda_token: 1.0e-3\n")
+    assert params["gamma_pixel"] == "5e-05"
+    cfg = from_dict(TrainConfig, params, "train")
+    assert cfg.gamma_pixel == 5e-5 and cfg.lambda_token == 1e-3
+    with pytest.raises(ConfigError, match="expected float"):
+        from_dict(TrainConfig, {"gamma_pixel": "lots"}, "train")
