@@ -5,7 +5,7 @@ A checkpoint is a folder ``<root>/step-<NNNNNN>/``::
     unet/                         diffusers save_pretrained (safetensors)
     optimizer.safetensors         every tensor of the optimizer state, flat keys
     optimizer.json                the rest of the optimizer state (param groups, scalars)
-    state.json                    {"step": N, "fingerprint": "..."}
+    state.json                    {"step": N, "fingerprint": "...", "last": {values logged at N}}
 
 It is written as ``.step-<N>.tmp`` and renamed when complete, so a killed run never leaves a
 half checkpoint under a real name. ``fingerprint`` identifies the run's settings: a checkpoint
@@ -62,7 +62,7 @@ def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
 
 
 def save_checkpoint(root: str | Path, step: int, unet, optimizer: torch.optim.Optimizer, fingerprint: str,
-                    keep: int) -> Path:
+                    keep: int, last: dict[str, float] | None = None) -> Path:
     """Write checkpoint ``step`` atomically, then delete all but the newest ``keep``."""
     root = Path(root)
     final = root / f"step-{step:06d}"
@@ -74,7 +74,7 @@ def save_checkpoint(root: str | Path, step: int, unet, optimizer: torch.optim.Op
     tensors, rest = _flatten_optimizer(optimizer.state_dict())
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(rest))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint}))
+    (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint, "last": last or {}}))
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
@@ -102,6 +102,11 @@ def latest_checkpoint(root: str | Path, fingerprint: str) -> Path | None:
 
 def checkpoint_step(path: Path) -> int:
     return int(json.loads((path / "state.json").read_text())["step"])
+
+
+def checkpoint_last_values(path: Path) -> dict[str, float]:
+    """The values logged at the checkpoint's step (losses, held-out attention share)."""
+    return dict(json.loads((path / "state.json").read_text()).get("last", {}))
 
 
 def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:

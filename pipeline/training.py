@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from .attention import AttentionCapture
 from .attention_metrics import evaluate_attention_share
-from .checkpoints import checkpoint_step, latest_checkpoint, load_optimizer, save_checkpoint
+from .checkpoints import checkpoint_last_values, checkpoint_step, latest_checkpoint, load_optimizer, save_checkpoint
 from .config import ConfigError, fingerprint
 from .data import TokenComposeDataset, build_examples, collate
 from .devices import resolve_device
@@ -102,9 +102,15 @@ _RESUMABLE = ("max_train_steps", "checkpointing_steps", "checkpoints_total_limit
               "heatmap_captions", "num_workers", "device", "out_dir")
 
 
+#: the code whose change makes old checkpoints another run (a fixed loss must retrain)
+_TRAINING_CODE = ("training.py", "losses.py", "attention.py", "data.py")
+
+
 def run_fingerprint(cfg: TrainConfig, *input_paths: str | Path) -> str:
+    """Settings, input bytes and training code: a checkpoint resumes only the run that wrote it."""
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUMABLE}
-    return fingerprint(fields, file_digest(*input_paths))
+    code = [Path(__file__).with_name(name) for name in _TRAINING_CODE]
+    return fingerprint(fields, file_digest(*input_paths), file_digest(*code))
 
 
 def _generator(seed: int, *keys: int) -> torch.Generator:
@@ -184,12 +190,13 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
 
     resume = latest_checkpoint(out / "checkpoints", fp) if accelerator.is_main_process else None
     resume = _broadcast_path(accelerator, resume)
-    start_step = 0
+    start_step, last = 0, {}
     if resume is not None:
         from diffusers import UNet2DConditionModel
 
         unet.load_state_dict(UNet2DConditionModel.from_pretrained(resume / "unet").state_dict())
         start_step = checkpoint_step(resume)
+        last = checkpoint_last_values(resume)
         log.info("resuming from %s (step %d)", resume, start_step)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -207,7 +214,7 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
     bar = tqdm(total=cfg.max_train_steps, initial=start_step, desc="train", unit="step",
                disable=None if accelerator.is_main_process else True)
     supervise = cfg.lambda_token > 0 or cfg.gamma_pixel > 0
-    t0, last = time.perf_counter(), {}
+    t0 = time.perf_counter()
     # the capture is held across steps: swapping processors every micro-step costs time
     with capture.active(supervise):
         for step in range(start_step, cfg.max_train_steps):
@@ -235,11 +242,6 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
             logger.log_step(done, last)
             bar.update(1)
             bar.set_postfix(loss=f"{last['total']:.4f}")
-            if done % cfg.checkpointing_steps == 0 or done == cfg.max_train_steps:
-                if accelerator.is_main_process:
-                    save_checkpoint(out / "checkpoints", done, accelerator.unwrap_model(unet), optimizer,
-                                    fp, cfg.checkpoints_total_limit)
-                accelerator.wait_for_everyone()
             if accelerator.is_main_process and (done % cfg.heatmap_steps == 0 or done == cfg.max_train_steps):
                 logger.log_heatmaps(done, _heatmap_rows(cfg, dataset, heat_examples, accelerator.unwrap_model(unet),
                                                         vae, text_encoder, scheduler, capture, weight_dtype))
@@ -249,6 +251,11 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
                                                      scheduler=scheduler)
                     logger.log_heldout(done, share)
                     last.update({f"heldout_attention_share_{k}": v for k, v in share.items()})
+            if done % cfg.checkpointing_steps == 0 or done == cfg.max_train_steps:
+                if accelerator.is_main_process:
+                    save_checkpoint(out / "checkpoints", done, accelerator.unwrap_model(unet), optimizer,
+                                    fp, cfg.checkpoints_total_limit, last=last)
+                accelerator.wait_for_everyone()
     bar.close()
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
