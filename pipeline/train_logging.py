@@ -137,7 +137,9 @@ def render_heatmaps(rows: list[dict]) -> Image.Image:
             cell = Image.fromarray(blend)
             mask = item["masks"][big][j].float()[None, None]
             edge = F.interpolate(mask, size=(CELL, CELL), mode="nearest")[0, 0].numpy() > 0.5
-            outline = edge & ~np.roll(edge, 1, 0) | edge & ~np.roll(edge, 1, 1)
+            padded = np.pad(edge, 1)
+            interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+            outline = edge & ~interior
             arr = np.asarray(cell).copy()
             arr[outline] = (255, 255, 255)
             grid.paste(Image.fromarray(arr), ((j + 1) * CELL, y + label_h))
