@@ -49,7 +49,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
@@ -57,7 +56,7 @@ from torchvision.transforms import functional as TF
 from transformers import CLIPTokenizer
 
 from .images import load_rgb
-from .masks import decode_rle
+from .masks import decode_rle, resize_mask
 from .tables import read_table
 
 log = logging.getLogger(__name__)
@@ -256,14 +255,6 @@ def crop_box(height: int, width: int, resolution: int, center: bool) -> tuple[in
     return top, left
 
 
-def resize_mask_to(mask_r: torch.Tensor, size: int) -> torch.Tensor:
-    """``(..., R, R)`` float mask -> ``(..., size, size)`` float {0, 1}: bilinear, no antialias, ``> 0``."""
-    lead = mask_r.shape[:-2]
-    flat = mask_r.reshape(-1, 1, *mask_r.shape[-2:])
-    small = F.interpolate(flat, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
-    return (small > 0).to(torch.float32).reshape(*lead, size, size)
-
-
 class TokenComposeDataset(Dataset):
     """Examples -> tensors for TokenCompose training.
 
@@ -332,7 +323,7 @@ class TokenComposeDataset(Dataset):
             mask = decode_rle(noun.rle, noun.height, noun.width)
             img = Image.fromarray(mask.astype(np.uint8) * 255)
             full[k] = TF.to_tensor(TF.crop(self._resize(img), top, left, R, R))[0]
-        masks = {r: resize_mask_to(full, r) for r in self.latent_resolutions}
+        masks = {r: resize_mask(full, r) for r in self.latent_resolutions}
         return {
             "pixel_values": pixel_values,
             "input_ids": self.input_ids(ex.caption),

@@ -24,34 +24,12 @@ autocast off, whatever the maps' dtype.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
+from .masks import resize_mask  # noqa: F401  (re-exported: the losses' mask semantics)
+
 MODES = ("official", "paper")
-
-
-def resize_mask(mask: torch.Tensor, r: int) -> torch.Tensor:
-    """``(..., H, W)`` float mask -> ``(..., r, r)`` float in {0, 1}.
-
-    Bilinear interpolation (``align_corners=False``, no antialiasing), then ``> 0``: what the
-    official code got from torchvision 0.14's ``transforms.Resize((r, r))`` on a tensor.
-    """
-    if mask.ndim < 2:
-        raise ValueError(f"expected a (..., H, W) mask, got shape {tuple(mask.shape)}")
-    if not mask.is_floating_point():
-        raise TypeError(f"expected a float mask, got dtype {mask.dtype}")
-    if r < 1:
-        raise ValueError(f"resolution must be positive, got {r}")
-    lead, (h, w) = mask.shape[:-2], mask.shape[-2:]
-    n = math.prod(lead)
-    if n == 0:
-        return mask.new_zeros(*lead, r, r)
-    resized = F.interpolate(
-        mask.reshape(n, 1, h, w), size=(r, r), mode="bilinear", align_corners=False, antialias=False
-    )
-    return (resized > 0).to(mask.dtype).reshape(*lead, r, r)
 
 
 def _check_mode(mode: str) -> None:

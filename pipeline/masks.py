@@ -8,10 +8,13 @@ of pycocotools' compressed RLE (column-major runs, LEB128-like ASCII), with ``he
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -178,3 +181,25 @@ def coco_segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.
     else:
         raise TypeError(f"unknown COCO segmentation type {type(segmentation).__name__}")
     return np.ascontiguousarray(mask_utils.decode(rle), dtype=bool)
+
+
+def resize_mask(mask: torch.Tensor, r: int) -> torch.Tensor:
+    """``(..., H, W)`` float mask -> ``(..., r, r)`` float in {0, 1}.
+
+    Bilinear interpolation (``align_corners=False``, no antialiasing), then ``> 0``: what the
+    official code got from torchvision 0.14's ``transforms.Resize((r, r))`` on a tensor.
+    """
+    if mask.ndim < 2:
+        raise ValueError(f"expected a (..., H, W) mask, got shape {tuple(mask.shape)}")
+    if not mask.is_floating_point():
+        raise TypeError(f"expected a float mask, got dtype {mask.dtype}")
+    if r < 1:
+        raise ValueError(f"resolution must be positive, got {r}")
+    lead, (h, w) = mask.shape[:-2], mask.shape[-2:]
+    n = math.prod(lead)
+    if n == 0:
+        return mask.new_zeros(*lead, r, r)
+    resized = F.interpolate(
+        mask.reshape(n, 1, h, w), size=(r, r), mode="bilinear", align_corners=False, antialias=False
+    )
+    return (resized > 0).to(mask.dtype).reshape(*lead, r, r)
