@@ -15,9 +15,9 @@ from torchvision.transforms import functional as TF
 
 from pipeline.clip_tokenizer import EOS_ID, build_clip_tokenizer, load_clip_tokenizer
 from pipeline.coco import CAPTIONS_SCHEMA
-from pipeline.data import Example, NounTarget, TokenComposeDataset, build_examples, collate, resize_mask_to
+from pipeline.data import Example, NounTarget, TokenComposeDataset, build_examples, collate
 from pipeline.images import load_rgb
-from pipeline.masks import MASKS_SCHEMA, encode_rle
+from pipeline.masks import MASKS_SCHEMA, encode_rle, resize_mask
 from pipeline.nouns import NOUNS_SCHEMA
 from pipeline.tables import write_rows
 from pipeline.tokens import CaptionTokenizer, span_token_indices
@@ -244,7 +244,7 @@ def test_mask_known_answer(clip, tmp_path: Path):
     assert m[16][0].nonzero().tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
     assert m[8][1].sum() == 0 and m[16][1].sum() == 0
     assert m[4][1].nonzero()[:, 1].unique().tolist() == [2] and m[4][1].sum() == 4
-    assert torch.equal(resize_mask_to(m[64], 8), m[8])
+    assert torch.equal(resize_mask(m[64], 8), m[8])
 
 
 def test_multi_token_noun(dataset, clip):
