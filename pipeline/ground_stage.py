@@ -1,7 +1,8 @@
 """The ``ground`` stage: nouns + images -> boxes table (Grounding DINO).
 
 Each image gets one text prompt with the distinct noun phrases of all of its captions
-(lower-cased, whitespace-normalised; ``"dog . teddy bear ."``), and one forward pass;
+(``grounding.normalize_phrase``: lower-cased, separators and whitespace normalised;
+``"dog . teddy bear ."``), and one forward pass;
 ``batch_size`` images share a forward. Every noun occurrence of the nouns table ends up in
 the boxes table: one row per box assigned to its phrase, or one row with ``found = false``
 and null box when no box passed the thresholds. Images that cannot be read go to the
@@ -24,7 +25,7 @@ import pyarrow as pa
 
 from .config import fingerprint
 from .devices import resolve_device
-from .grounding import GroundConfig, ground_images, load_grounding_dino
+from .grounding import GroundConfig, ground_images, load_grounding_dino, normalize_phrase
 from .images import load_rgb
 from .shards import World, file_digest, run_sharded
 from .tables import read_table, rejects_table, write_json, write_table
@@ -47,11 +48,6 @@ BOXES_SCHEMA = pa.schema(
         ("phrase", pa.string()),
     ]
 )
-
-
-def phrase_key(text: str) -> str:
-    """The prompt form of a noun: lower-case, single spaces."""
-    return " ".join(text.lower().split())
 
 
 def _ground_fields(cfg: GroundConfig) -> dict:
@@ -98,7 +94,7 @@ def run_ground(cfg: GroundConfig, captions_path: str | Path, nouns_path: str | P
                         rejects.append((str(n["noun_id"]), "unreadable_image", f"{image_paths[image_id]}: {e}"))
                     continue
                 batch_ids.append(image_id)
-                prompts.append(sorted({phrase_key(n["text"]) for n in by_image[image_id]}))
+                prompts.append(sorted({normalize_phrase(n["text"]) for n in by_image[image_id]}))
             if not batch_ids:
                 continue
             detections = ground_images(
@@ -129,7 +125,7 @@ def _rows_for_image(nouns: list[dict], phrases: list[str], detections: list) -> 
     rows = []
     for n in sorted(nouns, key=lambda n: n["noun_id"]):
         base = {k: n[k] for k in ("noun_id", "caption_id", "image_id", "text")}
-        dets = per_phrase.get(index[phrase_key(n["text"])], [])
+        dets = per_phrase.get(index[normalize_phrase(n["text"])], [])
         if not dets:
             rows.append({**base, "box_index": -1, "found": False})
         for b, d in enumerate(sorted(dets, key=lambda d: -d.score)):

@@ -116,12 +116,12 @@ class OverlaySource:
 
     def nouns(self, image_id: int) -> list[NounView]:
         """Distinct noun phrases of an image (lower-cased), with boxes and union mask."""
-        from .ground_stage import phrase_key
+        from .grounding import normalize_phrase
 
         views: dict[str, NounView] = {}
         seen_boxes: dict[str, set] = defaultdict(set)
         for r in sorted(self.boxes.get(image_id, []), key=lambda r: (r["noun_id"], r["box_index"])):
-            key = phrase_key(r["text"])
+            key = normalize_phrase(r["text"])
             view = views.setdefault(key, NounView(text=key))
             if r["found"]:
                 box = (r["x0"], r["y0"], r["x1"], r["y1"], r["score"])
