@@ -132,9 +132,33 @@ def make_prompts(categories: list[str], n: int, seed: int, k: int = 5) -> list[P
     return out
 
 
-def image_seed(base_seed: int, prompt_id: int, image_index: int) -> int:
-    """seed = int(sha256(f"{base_seed}:{prompt_id}:{image_index}")[:8 bytes], big endian) mod 2**63."""
-    digest = hashlib.sha256(f"{base_seed}:{prompt_id}:{image_index}".encode()).digest()
+VISOR_RELATIONS = ("to the left of", "to the right of", "above", "below")
+
+
+def visor_prompts(categories: list[str], n: int | None, seed: int,
+                  relations: Iterable[str] = VISOR_RELATIONS) -> list[Prompt]:
+    """Two-object spatial prompts "a A to the left of a B." (the VISOR benchmark's template).
+
+    All ordered pairs of distinct categories times the relations, in a fixed order; ``n``
+    of them drawn with ``random.Random(seed)`` (``None``: all). Ids are positions in the
+    full list, so a prompt keeps its id (and its images' seeds) whatever ``n`` is.
+    """
+    pool = list(dict.fromkeys(categories))
+    relations = list(relations)
+    if len(pool) < 2 or not relations:
+        raise ValueError("visor prompts need at least 2 distinct categories and one relation")
+    full = [(a, rel, b) for a in pool for b in pool if a != b for rel in relations]
+    ids = range(len(full)) if n is None else sorted(random.Random(seed).sample(range(len(full)), min(n, len(full))))
+    return [Prompt(i, f"a {full[i][0]} {full[i][1]} a {full[i][2]}.", (full[i][0], full[i][2])) for i in ids]
+
+
+def image_seed(base_seed: int, prompt_id: int, image_index: int, namespace: str = "") -> int:
+    """seed = int(sha256(f"{base_seed}:{prompt_id}:{image_index}")[:8 bytes], big endian) mod 2**63.
+
+    A non-empty ``namespace`` (another benchmark) is prepended as ``f"{namespace}:..."``.
+    """
+    key = f"{base_seed}:{prompt_id}:{image_index}"
+    digest = hashlib.sha256((f"{namespace}:{key}" if namespace else key).encode()).digest()
     return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
 
 

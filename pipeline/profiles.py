@@ -49,8 +49,10 @@ def validate(path: Path) -> None:
     from .config import from_dict
     from .demo import DemoDataConfig
     from .download import CocoDownloadConfig
+    from .eval_config import EvaluateConfig
     from .grounding import GroundConfig
     from .nouns import NounsConfig
+    from .prompt_download import PromptDownloadConfig
     from .reference_masks import ReferenceMasksConfig
     from .segmentation import SegmentConfig
     from .tiny import DemoModelsConfig
@@ -66,6 +68,8 @@ def validate(path: Path) -> None:
         "segment": SegmentConfig,
         "reference_masks": ReferenceMasksConfig,
         "train": TrainConfig,
+        "multigen_prompts": PromptDownloadConfig,
+        "evaluate": EvaluateConfig,
     }
     params = resolve(path)
     missing = sorted(set(sections) - set(params))

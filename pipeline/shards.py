@@ -92,6 +92,14 @@ class World:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def gather(self, obj: object) -> list:
+        """Every process's ``obj``, in rank order, on every process."""
+        if self.size == 1 or self._state is None:
+            return [obj]
+        from accelerate.utils import gather_object
+
+        return gather_object([obj])
+
     def barrier(self) -> None:
         if self.size > 1 and self._state is not None:
             self._state.wait_for_everyone()  # type: ignore[attr-defined]

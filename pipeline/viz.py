@@ -157,3 +157,23 @@ def to_png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=False)
     return buf.getvalue()
+
+
+def sample_grid(images: list[Image.Image], titles: list[str], cell: int = 192, cols: int = 4) -> Image.Image:
+    """Generated samples in a grid, each over its (wrapped) prompt: ``len(images)`` cells of ``cell`` px."""
+    if len(images) != len(titles):
+        raise ValueError(f"{len(images)} images but {len(titles)} titles")
+    font, line = _font(11), 13
+    wrap = max(8, cell // 7)
+    lines = [textwrap.wrap(t, wrap)[:4] for t in titles]
+    text_h = line * max((len(ls) for ls in lines), default=1) + 4
+    cols = max(1, min(cols, len(images)))
+    rows = max(1, -(-len(images) // cols))
+    grid = Image.new("RGB", (cols * cell, rows * (cell + text_h)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for i, (image, ls) in enumerate(zip(images, lines)):
+        x, y = (i % cols) * cell, (i // cols) * (cell + text_h)
+        for k, text in enumerate(ls):
+            draw.text((x + 3, y + 2 + k * line), text, fill=(0, 0, 0), font=font)
+        grid.paste(image.convert("RGB").resize((cell, cell), Image.BICUBIC), (x, y + text_h))
+    return grid

@@ -1,0 +1,218 @@
+"""The ``evaluate`` stage for one model: MultiGen, Object Accuracy, FID and attention grounding.
+
+``data/evaluate/<model>/`` after ``run_evaluate``::
+
+    metrics.json                      MG2..MG5 (+ _std), object accuracy, FID, attention share / IoU
+    rejects.parquet                   prompts and images left out, with their reasons
+    multigen/manifest.parquet         one row per image: key, prompt id, image index, seed, text, categories
+    multigen/images/<pid>_<j>.png
+    multigen/detections/part-*.parquet   every stored box: label, score, pixel box
+    object_accuracy/...               the same for VISOR's two-object prompts
+    fid/manifest.parquet, fid/images/ images drawn from COCO captions
+    figures/samples.png               a grid of MultiGen samples with their prompts
+    figures/heatmaps.png              per-token cross-attention of a few MultiGen prompts
+
+Every image's seed is ``multigen.image_seed(evaluate.seed, prompt id, image index[, benchmark])``,
+so every model draws from the same noise and any one image can be drawn again alone
+(``python -m stages.evaluate --model NAME --only multigen:17_3``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from .benchmarks import MANIFEST_SCHEMA, PromptBenchmark, cache_dir, check_vocabulary, publish_images, \
+    run_prompt_benchmark
+from .config import fingerprint
+from .devices import resolve_device
+from .eval_config import EvaluateConfig
+from .generation import GenItem, draw, generate_images, load_pipeline, save_png
+from .multigen import image_seed, make_prompts, read_prompts, visor_prompts
+from .shards import World, file_digest
+from .tables import REJECTS_SCHEMA, rejects_table, write_json, write_table
+
+log = logging.getLogger(__name__)
+
+
+def model_digest(pretrained: str, unet: str) -> str:
+    """Hash of the weights a model generates with: the pretrained folder (or hub id) and the UNet folder."""
+    base = file_digest(pretrained) if Path(pretrained).is_dir() else pretrained
+    return fingerprint(base, file_digest(unet))
+
+
+def benchmarks(cfg: EvaluateConfig) -> tuple[list[PromptBenchmark], list[tuple[str, str, str]]]:
+    """The enabled prompt benchmarks and the prompts rejected while building them."""
+    out, rejects = [], []
+    mg = cfg.multigen
+    if mg.enabled:
+        if mg.prompts is not None:
+            prompts = read_prompts(mg.prompts)
+            prompts = prompts if mg.num_prompts is None else prompts[: mg.num_prompts]
+        else:
+            prompts = make_prompts(list(mg.categories or []), mg.num_prompts or 0, cfg.seed, mg.objects_per_prompt)
+        prompts, bad = check_vocabulary(prompts, mg.categories, "multigen")
+        rejects += bad
+        out.append(PromptBenchmark("multigen", prompts, mg.images_per_prompt, "", mg.detector, mg.detector_kind,
+                                   mg.threshold, mg.keep_threshold, mg.detect_batch_size))
+    oa = cfg.object_accuracy
+    if oa.enabled:
+        prompts = visor_prompts(list(oa.categories), oa.num_prompts, cfg.seed, oa.relations)
+        out.append(PromptBenchmark("object_accuracy", prompts, oa.images_per_prompt, "visor", oa.detector,
+                                   oa.detector_kind, oa.threshold, oa.keep_threshold, oa.detect_batch_size))
+    return out, rejects
+
+
+def fid_items(cfg: EvaluateConfig):
+    """(pairs, items): the captions FID draws from and their generation items (seed namespace "fid")."""
+    from .fid import select_fid_pairs
+
+    pairs = select_fid_pairs(cfg.fid.captions, cfg.fid.images_dir, cfg.fid.num_images, cfg.seed)
+    items = [GenItem(f"{p.image_id}_{p.caption_id}", p.caption, image_seed(cfg.seed, p.caption_id, 0, "fid"))
+             for p in pairs]
+    return pairs, items
+
+
+def run_fid(cfg: EvaluateConfig, pipe, model: str, digest: str, device: str, out: Path, world: World
+            ) -> dict | None:
+    """Draw one image per selected caption and compute FID against the captions' real images."""
+    from PIL import Image
+
+    from .fid import FidMetric, reference_image
+
+    pairs, items = fid_items(cfg)
+    images = cache_dir("fid-images", model, fingerprint(digest, cfg.generation, [(i.key, i.text, i.seed) for i in items]),
+                       world)
+    generate_images(pipe, items, images, cfg.generation, world, desc=f"{model} fid")
+    if not world.is_main:
+        return None
+    metric = FidMetric(cfg.fid.features, device=device)
+    size = cfg.generation.resolution
+    for start in range(0, len(items), cfg.fid.batch_size):
+        batch = range(start, min(start + cfg.fid.batch_size, len(items)))
+        metric.update([reference_image(pairs[i].path, size) for i in batch], real=True)
+        metric.update([Image.open(images / f"{items[i].key}.png").convert("RGB") for i in batch], real=False)
+    value = metric.compute()
+    publish_images(images, [i.key for i in items], out / "images")
+    rows = [{"key": i.key, "prompt_id": p.caption_id, "image_index": 0, "seed": i.seed, "text": i.text,
+             "categories": []} for p, i in zip(pairs, items)]
+    write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), out / "manifest.parquet")
+    return {"fid": value, "images": len(items), "features": cfg.fid.features}
+
+
+def run_attention(cfg: EvaluateConfig, pipe) -> dict:
+    """Attention share inside the mask and IoU of the thresholded map, on the held-out images."""
+    from diffusers import DDPMScheduler
+
+    from .attention_metrics import evaluate_grounding
+    from .data import TokenComposeDataset, build_examples
+    from .tiny_sd import cross_attention_resolutions, vae_scale_factor
+    from .training import split_holdout
+
+    a = cfg.attention
+    examples, _, _ = build_examples(a.captions, a.nouns, a.masks, tokenizer=pipe.tokenizer)
+    _, heldout = split_holdout(examples, a.holdout_images, a.seed)
+    latent = a.resolution // vae_scale_factor(pipe.vae)
+    resolutions = sorted(set(cross_attention_resolutions(pipe.unet, latent).values()))
+    dataset = TokenComposeDataset(heldout, pipe.tokenizer, a.resolution, resolutions)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    result = evaluate_grounding(pipe.unet, pipe.vae, pipe.text_encoder, dataset, list(range(len(dataset))),
+                                blocks=tuple(a.blocks), timesteps=tuple(a.timesteps), seed=a.seed,
+                                scheduler=scheduler, iou_threshold=a.iou_threshold)
+    result["heldout_captions"] = len(heldout)
+    return result
+
+
+def write_figures(cfg: EvaluateConfig, pipe, bench: PromptBenchmark, images_dir: Path, out: Path) -> None:
+    """A grid of MultiGen samples and per-token heatmaps of the first prompts."""
+    from PIL import Image
+
+    from .prompt_heatmaps import generation_attention, render_grid, render_prompt_heatmaps, token_labels
+    from .viz import sample_grid
+
+    items = bench.items(cfg.seed)[: cfg.grid_images]
+    tiles = [Image.open(images_dir / f"{it.key}.png").convert("RGB") for it in items]
+    sample_grid(tiles, [f"{it.key}: {it.text}" for it in items]).save(out / "samples.png")
+    rows = []
+    for p in bench.prompts[: cfg.multigen.heatmap_prompts]:
+        g = cfg.generation
+        image, maps = generation_attention(pipe, p.text, image_seed(cfg.seed, p.prompt_id, 0), g.steps,
+                                           g.guidance_scale, g.resolution, tuple(cfg.attention.blocks))
+        rows.append((p.text, render_prompt_heatmaps(image, maps, token_labels(pipe.tokenizer, p.text))))
+    if rows:
+        render_grid(rows).save(out / "heatmaps.png")
+
+
+def regenerate(cfg: EvaluateConfig, model: str, key: str, path: str | Path) -> Path:
+    """Draw one image alone (``key`` = ``"<benchmark>:<item key>"``) into ``path``."""
+    bench_name, _, item_key = key.partition(":")
+    device = resolve_device(cfg.device)
+    if bench_name == "fid":
+        items = fid_items(cfg)[1]
+    else:
+        found = {b.name: b for b in benchmarks(cfg)[0]}
+        if bench_name not in found:
+            raise ValueError(f"unknown benchmark {bench_name!r}; choose from {sorted(found) + ['fid']}")
+        items = found[bench_name].items(cfg.seed)
+    match = [it for it in items if it.key == item_key]
+    if not match:
+        raise KeyError(f"{key}: no such image in the {bench_name} benchmark")
+    pipe = load_pipeline(cfg.pretrained, cfg.model_unet(model), device, cfg.generation)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_png(draw(pipe, match, cfg.generation)[0], path)
+    return path
+
+
+def run_evaluate(cfg: EvaluateConfig, model: str) -> dict | None:
+    """Evaluate ``model`` (a key of ``cfg.models``); returns the metrics on the main process."""
+    unet = cfg.model_unet(model)
+    world = World.from_accelerate(resolve_device(cfg.device))
+    device = world.device
+    t0 = time.perf_counter()
+    pipe = load_pipeline(cfg.pretrained, unet, device, cfg.generation)
+    digest = model_digest(cfg.pretrained, unet)
+    out = Path(cfg.out_dir) / model
+    benches, rejects = benchmarks(cfg)
+    metrics: dict = {}
+    reject_tables = [rejects_table("evaluate", rejects)]
+    counts: dict = {"rejected_prompts": len(rejects)}
+    for bench in benches:
+        result = run_prompt_benchmark(bench, pipe, model, digest, cfg.generation, cfg.seed, device,
+                                      out / bench.name, world)
+        if result is None:
+            continue
+        s = result["scores"]
+        reject_tables.append(result["rejects"])
+        counts[f"{bench.name}_prompts"] = len(bench.prompts)
+        counts[f"{bench.name}_images"] = len(bench.prompts) * bench.images_per_prompt
+        counts[f"{bench.name}_unreadable_images"] = result["rejects"].num_rows
+        if result["report"].unreadable:
+            log.warning("%s: drew %d unreadable image(s) again: %s", bench.name, len(result["report"].unreadable),
+                        result["report"].unreadable[:10])
+        if bench.name == "multigen":
+            metrics["multigen"] = {k: v for k, v in s.items() if k.startswith("MG")}
+        else:
+            metrics["object_accuracy"] = s.get("MG2", math.nan)
+    if cfg.fid.enabled:
+        fid = run_fid(cfg, pipe, model, digest, device, out / "fid", world)
+        if fid is not None:
+            metrics["fid"] = fid["fid"]
+            counts["fid_images"] = fid["images"]
+    if not world.is_main:
+        return None
+    if cfg.attention.enabled:
+        metrics["attention"] = run_attention(cfg, pipe)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    mg = [b for b in benches if b.name == "multigen"]
+    if mg:
+        write_figures(cfg, pipe, mg[0], out / "multigen" / "images", out / "figures")
+    write_table(pa.concat_tables(reject_tables).cast(REJECTS_SCHEMA), out / "rejects.parquet")
+    metrics["counts"] = counts
+    write_json(metrics, out / "metrics.json")
+    log.info("evaluate %s: %s (%.1f s)", model, metrics, time.perf_counter() - t0)
+    return metrics

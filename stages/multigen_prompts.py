@@ -1,0 +1,19 @@
+"""Stage ``multigen_prompts``: fetch and check MultiGen prompt files (see pipeline/prompt_download.py)."""
+
+from __future__ import annotations
+
+from pipeline.cli import parse
+from pipeline.config import load_section
+from pipeline.prompt_download import PromptDownloadConfig, fetch_prompt_files
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, log = parse(__doc__, argv)
+    cfg = load_section("multigen_prompts", PromptDownloadConfig, args.params)
+    manifest = fetch_prompt_files(cfg)
+    log.info("multigen_prompts: %d file(s) in %s", len(manifest["files"]), cfg.out_dir)
+    return manifest
+
+
+if __name__ == "__main__":
+    main()
