@@ -168,3 +168,37 @@ def test_score_rejects_bad_detections():
         score([(0, 2, "a", 0.9)], PROMPTS, images_per_prompt=2)
     with pytest.raises(ValueError, match="image_index -1"):
         score([(0, -1, "a", 0.9)], PROMPTS, images_per_prompt=2)
+
+
+def test_visor_prompts_ids_are_stable_and_templates_right():
+    from pipeline.multigen import visor_prompts
+
+    cats = ["cat", "dog", "bus"]
+    full = visor_prompts(cats, None, seed=0)
+    assert len(full) == 3 * 2 * 4
+    assert full[0].text == "a cat to the left of a dog." and full[0].categories == ("cat", "dog")
+    assert full[1].text == "a cat to the right of a dog."
+    some = visor_prompts(cats, 5, seed=3)
+    assert len(some) == 5 and [p.prompt_id for p in some] == sorted(p.prompt_id for p in some)
+    assert all(full[p.prompt_id] == p for p in some)  # a prompt keeps its id whatever n is
+    assert some == visor_prompts(cats, 5, seed=3) and some != visor_prompts(cats, 5, seed=4)
+    with pytest.raises(ValueError, match="2 distinct"):
+        visor_prompts(["cat", "cat"], None, 0)
+
+
+def test_seed_namespaces_keep_benchmarks_apart():
+    assert image_seed(0, 1, 2, "") == image_seed(0, 1, 2)
+    assert image_seed(0, 1, 2, "visor") != image_seed(0, 1, 2)
+    assert image_seed(0, 1, 2, "visor") != image_seed(0, 1, 2, "fid")
+
+
+def test_prompts_outside_the_vocabulary_are_recorded_rejects():
+    from pipeline.benchmarks import check_vocabulary
+
+    prompts = [Prompt(0, "a photo of a cat and a dog.", ("cat", "dog")),
+               Prompt(1, "a photo of a cat and a yak.", ("cat", "yak"))]
+    kept, rejects = check_vocabulary(prompts, ["cat", "dog"], "multigen")
+    assert kept == prompts[:1]
+    assert [(k, r) for k, r, _ in rejects] == [("multigen:1", "category_not_in_vocabulary")]
+    assert "yak" in rejects[0][2]
+    assert check_vocabulary(prompts, None, "multigen") == (prompts, [])
