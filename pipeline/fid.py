@@ -184,6 +184,7 @@ class FidMetric:
             feature=feature,
             reset_real_features=True,
             normalize=False,
+            sync_on_compute=False,  # one process holds every image; no all-gather with the others
             feature_extractor_weights_path=None if inception_weights is None else str(inception_weights),
         ).to(device)
         self.device = torch.device(device)

@@ -9,6 +9,9 @@
     sam/config.json, sam/sam_tiny.pth      segment-anything classes, raw state dict like sam_vit_h_4b8939.pth
     sd/                        a diffusers Stable Diffusion folder (unet, vae, text_encoder,
                                tokenizer, scheduler), like CompVis/stable-diffusion-v1-4
+    owlv2/, owlvit/            transformers detectors + processors, like google/owlv2-large-patch14-ensemble
+                               and google/owlvit-base-patch32 (MultiGen, Object Accuracy)
+    clip-vision/               a CLIP vision tower + image processor (the demo's FID features)
 
 The stages load these through exactly the code that loads the real checkpoints.
 """
@@ -33,7 +36,9 @@ class DemoModelsConfig:
 def build_tiny_models(cfg: DemoModelsConfig) -> dict[str, str]:
     """Build every tiny model into ``cfg.out_dir``; returns {name: path}."""
     from .clip_tokenizer import build_clip_tokenizer
+    from .tiny_clip_vision import build_tiny_clip_vision
     from .tiny_grounding import build_tiny_grounding_dino
+    from .tiny_owl import build_tiny_owlv2, build_tiny_owlvit
     from .tiny_sam import build_tiny_sam
     from .tiny_sd import build_tiny_sd
 
@@ -46,5 +51,9 @@ def build_tiny_models(cfg: DemoModelsConfig) -> dict[str, str]:
     log.info("built the tiny SAM")
     paths["sd"] = str(build_tiny_sd(out / "sd", cfg.seed, tokenizer_dir=out / "clip-tokenizer"))
     log.info("built the tiny Stable Diffusion")
+    paths["owlv2"] = str(build_tiny_owlv2(out / "owlv2", cfg.seed, out / "clip-tokenizer"))
+    paths["owlvit"] = str(build_tiny_owlvit(out / "owlvit", cfg.seed, out / "clip-tokenizer"))
+    paths["clip_vision"] = str(build_tiny_clip_vision(out / "clip-vision", cfg.seed))
+    log.info("built the tiny OWLv2, OWL-ViT and CLIP vision models")
     write_json({"seed": cfg.seed, "paths": paths}, out / "MANIFEST.json")
     return paths
