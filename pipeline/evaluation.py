@@ -142,7 +142,9 @@ def write_figures(cfg: EvaluateConfig, pipe, bench: PromptBenchmark, images_dir:
         g = cfg.generation
         image, maps = generation_attention(pipe, p.text, image_seed(cfg.seed, p.prompt_id, 0), g.steps,
                                            g.guidance_scale, g.resolution, tuple(cfg.attention.blocks))
-        rows.append((p.text, render_prompt_heatmaps(image, maps, token_labels(pipe.tokenizer, p.text))))
+        words = {w for c in p.categories for w in c.lower().split()}  # the named categories' tokens only
+        labels = [(i, w) for i, w in token_labels(pipe.tokenizer, p.text) if w.strip(" ,.").lower() in words]
+        rows.append((p.text, render_prompt_heatmaps(image, maps, labels)))
     if rows:
         render_grid(rows).save(out / "heatmaps.png")
 

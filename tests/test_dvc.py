@@ -19,7 +19,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_STAGES = ["demo_data", "demo_models", "coco_download", "captions", "nouns", "ground", "segment",
-              "reference_masks", "train"]
+              "reference_masks", "train", "multigen_prompts", "evaluate@base", "evaluate@tokencompose"]
 
 
 def sh(cmd: list[str], cwd: Path, timeout: int = 900) -> str:
@@ -69,7 +69,8 @@ def test_repro_then_up_to_date_then_threshold_experiment_then_plots(clone: Path)
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "repro"], clone)
 
     exp = sh(["dvc", "exp", "run", "-S", "ground.box_threshold=0.3", "-n", "thr03"], clone)
-    assert sorted(ran_stages(exp)) == ["ground", "segment", "train"]
+    # the base model's evaluation does not depend on the masks: only the fine-tuned one reruns
+    assert sorted(ran_stages(exp)) == ["evaluate@tokencompose", "ground", "segment", "train"]
     params = yaml.safe_load((clone / "params.yaml").read_text())
     assert params["ground"]["box_threshold"] == 0.3
 
@@ -80,6 +81,13 @@ def test_repro_then_up_to_date_then_threshold_experiment_then_plots(clone: Path)
     now = json.loads((clone / "data/ground/summary.json").read_text())
     assert now["boxes"] < base["boxes"]
     assert str(now["boxes"]) in text and str(base["boxes"]) in text
+
+    shown = json.loads(sh(["dvc", "metrics", "show", "--json"], clone))
+    text = json.dumps(shown)
+    for model in ("base", "tokencompose"):
+        m = json.loads((clone / f"data/evaluate/{model}/metrics.json").read_text())
+        assert f"data/evaluate/{model}/metrics.json" in text
+        assert {"MG2", "MG5_std"} <= set(m["multigen"]) and "fid" in m and "iou" in m["attention"]
 
     plots = json.loads(sh(["dvc", "plots", "show", "--json"], clone))
     text = json.dumps(plots)
