@@ -13,13 +13,13 @@ import torch
 
 from pipeline.logs import setup_logging
 
-from . import bench_masks, bench_nouns, bench_train
+from . import bench_eval, bench_masks, bench_nouns, bench_train
 from .common import to_markdown
 
 
 def main() -> None:
     setup_logging("WARNING")
-    rows = bench_nouns.run() + bench_masks.run() + bench_train.run()
+    rows = bench_nouns.run() + bench_masks.run() + bench_train.run() + bench_eval.run()
     print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
           f"cuda {torch.cuda.is_available()}")
     print(to_markdown(rows))

@@ -24,7 +24,7 @@ import pyarrow as pa
 from .config import fingerprint
 from .generation import GenerationConfig, GenItem, GenReport, generate_images
 from .multigen import Prompt, image_seed, score
-from .shards import PARTIAL_ROOT, World, run_sharded
+from .shards import World, partial_dir, run_sharded
 from .tables import read_table, rejects_table, write_table
 
 log = logging.getLogger(__name__)
@@ -84,20 +84,6 @@ def check_vocabulary(prompts: list[Prompt], vocabulary: list[str] | None, where:
     return kept, rejects
 
 
-def cache_dir(kind: str, model: str, fp: str, world: World, root: str | Path = PARTIAL_ROOT) -> Path:
-    """``root/evaluate-<model>-<kind>-<fp>``; the main process drops the same kind's other fingerprints."""
-    prefix = f"evaluate-{model}-{kind}-"
-    path = Path(root) / f"{prefix}{fp}"
-    if world.is_main:
-        for stale in Path(root).glob(f"{prefix}*"):
-            if stale != path and stale.is_dir():
-                log.info("removing cached %s of other settings: %s", kind, stale)
-                shutil.rmtree(stale)
-    world.barrier()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def publish_images(src: Path, keys: list[str], dst: Path) -> None:
     """Hard-link (or copy) ``src/<key>.png`` into a fresh ``dst``; the cache stays for later runs."""
     if dst.exists():
@@ -155,7 +141,7 @@ def run_prompt_benchmark(bench: PromptBenchmark, pipe, model: str, model_digest:
 
     items = bench.items(seed)
     image_fp = fingerprint(model_digest, gen, [(i.key, i.text, i.seed) for i in items])
-    images = cache_dir(f"{bench.name}-images", model, image_fp, world)
+    images = partial_dir(f"evaluate-{model}-{bench.name}-images", image_fp, world)
     report: GenReport = generate_images(pipe, items, images, gen, world, desc=f"{model} {bench.name}")
     detector = Detector.load(bench.detector, bench.detector_kind, device=device)
     det_fp = fingerprint(image_fp, bench.detector, bench.detector_kind, bench.keep_threshold, bench.detect_batch_size)

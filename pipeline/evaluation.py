@@ -26,14 +26,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .benchmarks import MANIFEST_SCHEMA, PromptBenchmark, cache_dir, check_vocabulary, publish_images, \
-    run_prompt_benchmark
+from .benchmarks import MANIFEST_SCHEMA, PromptBenchmark, check_vocabulary, publish_images, run_prompt_benchmark
 from .config import fingerprint
 from .devices import resolve_device
 from .eval_config import EvaluateConfig
 from .generation import GenItem, draw, generate_images, load_pipeline, save_png
 from .multigen import image_seed, make_prompts, read_prompts, visor_prompts
-from .shards import World, file_digest
+from .shards import World, file_digest, partial_dir
 from .tables import REJECTS_SCHEMA, rejects_table, write_json, write_table
 
 log = logging.getLogger(__name__)
@@ -85,8 +84,8 @@ def run_fid(cfg: EvaluateConfig, pipe, model: str, digest: str, device: str, out
     from .fid import FidMetric, reference_image
 
     pairs, items = fid_items(cfg)
-    images = cache_dir("fid-images", model, fingerprint(digest, cfg.generation, [(i.key, i.text, i.seed) for i in items]),
-                       world)
+    fp = fingerprint(digest, cfg.generation, [(i.key, i.text, i.seed) for i in items])
+    images = partial_dir(f"evaluate-{model}-fid-images", fp, world)
     generate_images(pipe, items, images, cfg.generation, world, desc=f"{model} fid")
     if not world.is_main:
         return None

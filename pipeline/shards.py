@@ -119,6 +119,19 @@ def _shard_name(k: int) -> str:
     return f"part-{k:05d}"
 
 
+def partial_dir(name: str, fingerprint: str, world: World, root: str | Path = PARTIAL_ROOT) -> Path:
+    """``root/<name>-<fingerprint>``, created; first the main process removes ``<name>-*`` of other fingerprints."""
+    path = Path(root) / f"{name}-{fingerprint}"
+    if world.is_main:
+        for stale in Path(root).glob(f"{name}-*"):
+            if stale != path and stale.is_dir():
+                log.info("%s: removing partial results of other params/inputs: %s", name, stale)
+                shutil.rmtree(stale)
+    world.barrier()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def run_sharded(
     stage: str,
     items: Sequence[K],
@@ -137,13 +150,7 @@ def run_sharded(
     """
     world = world or World()
     shards = chunk(items, shard_size)
-    partial = Path(partial_root) / f"{stage}-{fingerprint}"
-    if world.is_main:
-        for stale in Path(partial_root).glob(f"{stage}-*"):
-            if stale != partial and stale.is_dir():
-                log.info("%s: removing partial results of other params/inputs: %s", stage, stale)
-                shutil.rmtree(stale)
-    partial.mkdir(parents=True, exist_ok=True)
+    partial = partial_dir(stage, fingerprint, world, partial_root)
     mine = [k for k in range(len(shards)) if k % world.size == world.rank]
     log.info("%s: process %d of %d takes %d of %d shards", stage, world.rank, world.size, len(mine), len(shards))
     done = [k for k in mine if (partial / f"{_shard_name(k)}.parquet").exists()]

@@ -60,3 +60,35 @@ def test_floats_as_dvc_exp_run_writes_them_are_read_as_floats():
     assert cfg.gamma_pixel == 5e-5 and cfg.lambda_token == 1e-3
     with pytest.raises(ConfigError, match="expected float"):
         from_dict(TrainConfig, {"gamma_pixel": "lots"}, "train")
+
+
+def test_paper_profile_evaluates_with_the_official_protocol():
+    from pipeline.config import from_dict
+    from pipeline.eval_config import EvaluateConfig
+    from pipeline.profiles import resolve
+
+    for name, res in (("paper-sd14", 512), ("paper-sd21", 768)):
+        ev = from_dict(EvaluateConfig, resolve(REPO / "configs" / f"{name}.yaml")["evaluate"], name)
+        g, mg = ev.generation, ev.multigen
+        assert (g.steps, g.guidance_scale, g.resolution) == (50, 7.5, res)
+        assert mg.prompts == "data/multigen/coco_obj_comp_5_1k.json" and mg.images_per_prompt == 10
+        assert (mg.detector, mg.threshold) == ("google/owlv2-large-patch14-ensemble", 0.1)
+        assert ev.object_accuracy.detector == "google/owlvit-base-patch32" and len(ev.object_accuracy.categories) == 80
+        assert (ev.fid.num_images, ev.fid.features) == (10000, "inception")
+        assert set(ev.models) == {"base", "tokencompose"}
+
+
+def test_nested_sections_are_typed_and_checked():
+    from pipeline.config import from_dict
+    from pipeline.eval_config import EvaluateConfig
+
+    ev = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["evaluate"]
+    cfg = from_dict(EvaluateConfig, ev, "evaluate")
+    assert cfg.generation.steps == ev["generation"]["steps"] and cfg.models["base"] == ev["models"]["base"]
+    bad = {**ev, "generation": {**ev["generation"], "stpes": 3}}
+    with pytest.raises(ConfigError, match=r"evaluate\.generation: unknown key\(s\) \['stpes'\]"):
+        from_dict(EvaluateConfig, bad, "evaluate")
+    with pytest.raises(ConfigError, match="evaluate.models.base: expected str"):
+        from_dict(EvaluateConfig, {**ev, "models": {"base": 3}}, "evaluate")
+    with pytest.raises(ConfigError, match="keep_threshold <= threshold"):
+        from_dict(EvaluateConfig, {**ev, "multigen": {**ev["multigen"], "keep_threshold": 0.5}}, "evaluate")
