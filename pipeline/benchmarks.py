@@ -7,14 +7,14 @@ Both are the same computation over different prompts and detectors::
         --score (multigen.score)--> MG-k; Object Accuracy is MG2 of two-object prompts
 
 Images live in a cache folder keyed by the model and the generation settings, detections in
-shards keyed by the images and the detector settings (``data/.partial/``): an interrupted run
-redoes neither, and a rerun that changes only the detector reuses the images.
+shards keyed by the images and the detector settings (``data/.partial/``; both are kept after
+a run and published as hard links): an interrupted run redoes neither, and a rerun that
+changes only the detector reuses the images.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,7 @@ import pyarrow as pa
 from .config import fingerprint
 from .generation import GenerationConfig, GenItem, GenReport, generate_images
 from .multigen import Prompt, image_seed, score
-from .shards import World, partial_dir, run_sharded
+from .shards import World, link_or_copy, partial_dir, run_sharded
 from .tables import read_table, rejects_table, write_table
 
 log = logging.getLogger(__name__)
@@ -90,10 +90,7 @@ def publish_images(src: Path, keys: list[str], dst: Path) -> None:
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
     for key in keys:
-        try:
-            os.link(src / f"{key}.png", dst / f"{key}.png")
-        except OSError:
-            shutil.copy2(src / f"{key}.png", dst / f"{key}.png")
+        link_or_copy(src / f"{key}.png", dst / f"{key}.png")
 
 
 def manifest(bench: PromptBenchmark, items: list[GenItem]) -> pa.Table:
@@ -147,7 +144,7 @@ def run_prompt_benchmark(bench: PromptBenchmark, pipe, model: str, model_digest:
     det_fp = fingerprint(image_fp, bench.detector, bench.detector_kind, bench.keep_threshold, bench.detect_batch_size)
     result = run_sharded(f"evaluate-{model}-{bench.name}-detect", items, bench.detect_batch_size,
                          lambda shard: detect_shard(detector, images, bench, list(shard)),
-                         out_dir / "detections", det_fp, DETECTIONS_SCHEMA, world)
+                         out_dir / "detections", det_fp, DETECTIONS_SCHEMA, world, keep=True)
     if result is None:
         return None
     publish_images(images, [i.key for i in items], out_dir / "images")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -142,10 +143,12 @@ def run_sharded(
     schema: pa.Schema,
     world: World | None = None,
     partial_root: str | Path = PARTIAL_ROOT,
+    keep: bool = False,
 ) -> ShardResult | None:
     """Process ``items`` shard by shard with ``fn`` and publish the row shards in ``out_dir``.
 
-    ``schema`` is the row schema; every shard (empty ones included) is cast to it.
+    ``schema`` is the row schema; every shard (empty ones included) is cast to it. ``keep``:
+    publish links (or copies) and keep the partial folder as a cache for later runs.
     Returns the result on the main process, ``None`` on the others.
     """
     world = world or World()
@@ -177,10 +180,19 @@ def run_sharded(
     world.barrier()
     if not world.is_main:
         return None
-    return _publish(stage, partial, len(shards), Path(out_dir), schema, resumed=len(done))
+    return _publish(stage, partial, len(shards), Path(out_dir), schema, resumed=len(done), keep=keep)
 
 
-def _publish(stage: str, partial: Path, n: int, out_dir: Path, schema: pa.Schema, resumed: int) -> ShardResult:
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` at ``dst`` (a copy across file systems)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _publish(stage: str, partial: Path, n: int, out_dir: Path, schema: pa.Schema, resumed: int,
+             keep: bool = False) -> ShardResult:
     missing = [k for k in range(n) if not (partial / f"{_shard_name(k)}.parquet").exists()]
     if missing:
         raise RuntimeError(f"{stage}: shards {missing[:10]} missing in {partial}; a process failed")
@@ -191,8 +203,10 @@ def _publish(stage: str, partial: Path, n: int, out_dir: Path, schema: pa.Schema
     if n == 0:  # keep the folder readable: one empty shard with the schema
         write_table(schema.empty_table(), out_dir / "part-00000.parquet")
     for k in range(n):
-        (partial / f"{_shard_name(k)}.parquet").replace(out_dir / f"{_shard_name(k)}.parquet")
-    shutil.rmtree(partial)
+        src, dst = partial / f"{_shard_name(k)}.parquet", out_dir / f"{_shard_name(k)}.parquet"
+        link_or_copy(src, dst) if keep else src.replace(dst)
+    if not keep:
+        shutil.rmtree(partial)
     merged = pa.concat_tables(rejects) if rejects else REJECTS_SCHEMA.empty_table()
     log.info("%s: %d shards published to %s (%d resumed)", stage, n, out_dir, resumed)
     return ShardResult(out_dir=out_dir, rejects=merged.cast(REJECTS_SCHEMA), num_shards=n, resumed_shards=resumed)

@@ -130,19 +130,19 @@ def test_kill_9_then_resume_gives_the_same_outputs(evaluated: Path, tmp_path: Pa
     proc = subprocess.Popen([sys.executable, "-m", "stages.evaluate", "--params", "params.yaml", "--model", "base"],
                             cwd=ws, env=ENV)
     cache = ws / "data/.partial"
+    images, shards = "evaluate-base-multigen-images-*/*.png", "evaluate-base-multigen-detect-*/part-*[0-9].parquet"
     deadline = time.time() + 600
-    while time.time() < deadline and not list(cache.glob("evaluate-base-multigen-images-*/*.png")):
+    while time.time() < deadline and not list(cache.glob(shards)):
         assert proc.poll() is None, "evaluate finished before it could be killed"
-        time.sleep(0.02)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (ws / "data/evaluate/base/metrics.json").exists()
-    done = sorted(p.name for p in cache.glob("evaluate-base-multigen-images-*/*.png"))
-    stamps = {p.name: p.stat().st_mtime_ns for p in cache.glob("evaluate-base-multigen-images-*/*.png")}
+    stamps = {p: p.stat().st_mtime_ns for pattern in (images, shards) for p in cache.glob(pattern)}
+    assert len([p for p in stamps if p.suffix == ".png"]) == 6
     run_stage(ws, "stages.evaluate", "--model", "base")
-    for p in cache.glob("evaluate-base-multigen-images-*/*.png"):  # what was on disk was not redone
-        if p.name in done:
-            assert p.stat().st_mtime_ns == stamps[p.name]
+    for p, stamp in stamps.items():  # images and detection shards on disk are not redone
+        assert p.stat().st_mtime_ns == stamp, p
     assert metrics(ws, "base") == metrics(evaluated, "base")
     images_equal(ws / "data/evaluate/base/multigen/images", evaluated / "data/evaluate/base/multigen/images")
     assert read_table(ws / "data/evaluate/base/multigen/detections").equals(
