@@ -58,6 +58,7 @@ class PromptBenchmark:
     namespace: str
     detector: str
     detector_kind: str
+    fast_processor: bool
     threshold: float
     keep_threshold: float
     detect_batch_size: int
@@ -140,8 +141,9 @@ def run_prompt_benchmark(bench: PromptBenchmark, pipe, model: str, model_digest:
     image_fp = fingerprint(model_digest, gen, [(i.key, i.text, i.seed) for i in items])
     images = partial_dir(f"evaluate-{model}-{bench.name}-images", image_fp, world)
     report: GenReport = generate_images(pipe, items, images, gen, world, desc=f"{model} {bench.name}")
-    detector = Detector.load(bench.detector, bench.detector_kind, device=device)
-    det_fp = fingerprint(image_fp, bench.detector, bench.detector_kind, bench.keep_threshold, bench.detect_batch_size)
+    detector = Detector.load(bench.detector, bench.detector_kind, device=device, fast_processor=bench.fast_processor)
+    det_fp = fingerprint(image_fp, bench.detector, bench.detector_kind, bench.fast_processor, bench.keep_threshold,
+                         bench.detect_batch_size)
     result = run_sharded(f"evaluate-{model}-{bench.name}-detect", items, bench.detect_batch_size,
                          lambda shard: detect_shard(detector, images, bench, list(shard)),
                          out_dir / "detections", det_fp, DETECTIONS_SCHEMA, world, keep=True)

@@ -29,6 +29,7 @@ class MultiGenConfig:
     images_per_prompt: int = 10
     detector: str = "google/owlv2-large-patch14-ensemble"
     detector_kind: Literal["owlv2", "owlvit"] = "owlv2"
+    fast_processor: bool = False  # torchvision image processor instead of the official (slow) one
     threshold: float = 0.1
     keep_threshold: float = 0.01
     detect_batch_size: int = 8
@@ -53,6 +54,7 @@ class ObjectAccuracyConfig:
     images_per_prompt: int = 1
     detector: str = "google/owlvit-base-patch32"
     detector_kind: Literal["owlv2", "owlvit"] = "owlvit"
+    fast_processor: bool = False
     threshold: float = 0.1
     keep_threshold: float = 0.01
     detect_batch_size: int = 8

@@ -57,12 +57,13 @@ def benchmarks(cfg: EvaluateConfig) -> tuple[list[PromptBenchmark], list[tuple[s
         prompts, bad = check_vocabulary(prompts, mg.categories, "multigen")
         rejects += bad
         out.append(PromptBenchmark("multigen", prompts, mg.images_per_prompt, "", mg.detector, mg.detector_kind,
-                                   mg.threshold, mg.keep_threshold, mg.detect_batch_size))
+                                   mg.fast_processor, mg.threshold, mg.keep_threshold, mg.detect_batch_size))
     oa = cfg.object_accuracy
     if oa.enabled:
         prompts = visor_prompts(list(oa.categories), oa.num_prompts, cfg.seed, oa.relations)
         out.append(PromptBenchmark("object_accuracy", prompts, oa.images_per_prompt, "visor", oa.detector,
-                                   oa.detector_kind, oa.threshold, oa.keep_threshold, oa.detect_batch_size))
+                                   oa.detector_kind, oa.fast_processor, oa.threshold, oa.keep_threshold,
+                                   oa.detect_batch_size))
     return out, rejects
 
 

@@ -124,7 +124,7 @@ def test_builder_rejects_a_folder_without_tokenizer(tmp_path):
 def test_load_gives_eval_model_and_owl_processor(detectors, kind):
     det = detectors[kind]
     names = {
-        "owlv2": ("Owlv2ForObjectDetection", "Owlv2Processor", "Owlv2ImageProcessorFast"),
+        "owlv2": ("Owlv2ForObjectDetection", "Owlv2Processor", "Owlv2ImageProcessor"),
         "owlvit": ("OwlViTForObjectDetection", "OwlViTProcessor", "OwlViTImageProcessor"),
     }[kind]
     got = (type(det.model).__name__, type(det.processor).__name__, type(det.processor.image_processor).__name__)
@@ -133,6 +133,19 @@ def test_load_gives_eval_model_and_owl_processor(detectors, kind):
     assert det.num_boxes == N_BOXES
     ids = det.processor(text=["a photo of a cat"], return_tensors="pt")["input_ids"]
     assert ids.tolist() == [[BOS_ID, 320, 1125, 539, 320, 2368, EOS_ID] + [0] * 9]
+
+
+def test_fast_processor_is_a_choice_close_to_the_official_one(detectors, tiny_dirs):
+    import numpy as np
+    from PIL import Image
+
+    fast = Detector.load(tiny_dirs["owlv2"], "owlv2", fast_processor=True)
+    assert type(fast.processor.image_processor).__name__ == "Owlv2ImageProcessorFast"
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    slow_px = detectors["owlv2"].processor(images=image, return_tensors="pt")["pixel_values"]
+    fast_px = fast.processor(images=image, return_tensors="pt")["pixel_values"]
+    assert slow_px.shape == fast_px.shape and (slow_px - fast_px).abs().mean() < 0.05
 
 
 def test_missing_local_folder_is_a_clear_error(tmp_path, monkeypatch):
