@@ -159,4 +159,5 @@ def run_prompt_benchmark(bench: PromptBenchmark, pipe, model: str, model_digest:
                     if f"{d['prompt_id']}_{d['image_index']}" not in rejected],
                    scored, bench.images_per_prompt, bench.threshold) if scored else {}
     scores["detections"] = sum(d["score"] > bench.threshold for d in dets)
-    return {"scores": scores, "rejects": result.rejects, "report": report, "unscored_prompts": len(bench.prompts) - len(scored)}
+    return {"scores": scores, "rejects": result.rejects, "report": report,
+            "unscored_prompts": len(bench.prompts) - len(scored)}

@@ -193,6 +193,7 @@ def run_evaluate(cfg: EvaluateConfig, model: str) -> dict | None:
         counts[f"{bench.name}_prompts"] = len(bench.prompts)
         counts[f"{bench.name}_images"] = len(bench.prompts) * bench.images_per_prompt
         counts[f"{bench.name}_unreadable_images"] = result["rejects"].num_rows
+        counts[f"{bench.name}_unscored_prompts"] = result["unscored_prompts"]  # a prompt with an unreadable image
         if result["report"].unreadable:
             log.warning("%s: drew %d unreadable image(s) again: %s", bench.name, len(result["report"].unreadable),
                         result["report"].unreadable[:10])
