@@ -210,7 +210,8 @@ def run_evaluate(cfg: EvaluateConfig, model: str) -> dict | None:
         return None
     if cfg.attention.enabled:
         metrics["attention"] = run_attention(cfg, pipe)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
+    for name in ("multigen", "object_accuracy", "fid", "figures"):  # DVC outputs, also when a part is off
+        (out / name).mkdir(parents=True, exist_ok=True)
     mg = [b for b in benches if b.name == "multigen"]
     if mg:
         write_figures(cfg, pipe, mg[0], out / "multigen" / "images", out / "figures")

@@ -199,3 +199,16 @@ def test_bad_inputs_fail_clearly_or_are_recorded(evaluated: Path, tmp_path: Path
     assert [(r["key"], r["reason"]) for r in rejects] == [("multigen:1", "category_not_in_vocabulary")]
     assert m["counts"]["rejected_prompts"] == 1 and m["counts"]["multigen_prompts"] == 1
     assert m["counts"]["multigen_images"] == 2
+
+
+def test_parts_can_be_switched_off(evaluated: Path, tmp_path: Path):
+    ws = clone(evaluated, tmp_path / "off")
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    for part in ("object_accuracy", "fid", "attention"):
+        params["evaluate"][part]["enabled"] = False
+    write_params(ws, params)
+    run_stage(ws, "stages.evaluate", "--model", "base")
+    m = metrics(ws, "base")
+    assert set(m) == {"multigen", "counts"} and m["multigen"] == metrics(evaluated, "base")["multigen"]
+    for name in ("object_accuracy", "fid", "figures"):  # DVC's outputs exist all the same
+        assert (ws / "data/evaluate/base" / name).is_dir()
