@@ -39,8 +39,10 @@ log = logging.getLogger(__name__)
 
 
 def model_digest(pretrained: str, unet: str) -> str:
-    """Hash of the weights a model generates with: the pretrained folder (or hub id) and the UNet folder."""
-    base = file_digest(pretrained) if Path(pretrained).is_dir() else pretrained
+    """Hash of the weights a model generates with: the pretrained folder (or hub id) but its UNet, and ``unet``."""
+    folder = Path(pretrained)
+    parts = sorted(p for p in folder.iterdir() if p.name != "unet") if folder.is_dir() else []
+    base = fingerprint([p.name for p in parts], file_digest(*parts)) if parts else pretrained
     return fingerprint(base, file_digest(unet))
 
 
