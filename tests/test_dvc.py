@@ -89,6 +89,12 @@ def test_repro_then_up_to_date_then_threshold_experiment_then_plots(clone: Path)
         assert f"data/evaluate/{model}/metrics.json" in text
         assert {"MG2", "MG5_std"} <= set(m["multigen"]) and "fid" in m and "iou" in m["attention"]
 
+    # one more model to evaluate (a training checkpoint's UNet): only its own stage runs
+    more = sh(["dvc", "exp", "run", "-S", "+evaluate.models.step20=data/train/checkpoints/step-000020/unet",
+               "-n", "step20"], clone)
+    assert ran_stages(more) == ["evaluate@step20"]
+    assert "data/evaluate/step20/metrics.json" in sh(["dvc", "metrics", "show"], clone)
+
     plots = json.loads(sh(["dvc", "plots", "show", "--json"], clone))
     text = json.dumps(plots)
     for name in ("loss/total.tsv", "loss/token_16.tsv", "loss/pixel_4.tsv", "attention/step-"):
