@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from .config import fingerprint
 from .generation import GenerationConfig, GenItem, GenReport, generate_images
-from .multigen import Prompt, image_seed, score
+from .multigen import Prompt, category_recall, image_seed, score
 from .shards import World, link_or_copy, partial_dir, run_sharded
 from .tables import read_table, rejects_table, write_table
 
@@ -155,9 +155,10 @@ def run_prompt_benchmark(bench: PromptBenchmark, pipe, model: str, model_digest:
     dets = read_table(out_dir / "detections").to_pylist()
     scored = [p for p in bench.prompts if all(f"{p.prompt_id}_{j}" not in rejected
                                               for j in range(bench.images_per_prompt))]
-    scores = score([(d["prompt_id"], d["image_index"], d["label"], d["score"]) for d in dets
-                    if f"{d['prompt_id']}_{d['image_index']}" not in rejected],
-                   scored, bench.images_per_prompt, bench.threshold) if scored else {}
+    found = [(d["prompt_id"], d["image_index"], d["label"], d["score"]) for d in dets
+             if f"{d['prompt_id']}_{d['image_index']}" not in rejected]
+    scores = score(found, scored, bench.images_per_prompt, bench.threshold) if scored else {}
     scores["detections"] = sum(d["score"] > bench.threshold for d in dets)
     return {"scores": scores, "rejects": result.rejects, "report": report,
+            "recall": category_recall(found, scored, bench.images_per_prompt, bench.threshold),
             "unscored_prompts": len(bench.prompts) - len(scored)}

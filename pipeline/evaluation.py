@@ -11,6 +11,7 @@
     fid/manifest.parquet, fid/images/ images drawn from COCO captions
     figures/samples.png               a grid of MultiGen samples with their prompts
     figures/heatmaps.png              per-token cross-attention of a few MultiGen prompts
+    category_recall.csv               per category: percent of its prompts' images where it is found
 
 Every image's seed is ``multigen.image_seed(evaluate.seed, prompt id, image index[, benchmark])``,
 so every model draws from the same noise and any one image can be drawn again alone
@@ -33,7 +34,7 @@ from .eval_config import EvaluateConfig
 from .generation import GenItem, draw, generate_images, load_pipeline, save_png
 from .multigen import image_seed, make_prompts, read_prompts, visor_prompts
 from .shards import World, file_digest, partial_dir
-from .tables import REJECTS_SCHEMA, rejects_table, write_json, write_table
+from .tables import REJECTS_SCHEMA, rejects_table, write_csv, write_json, write_table
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ def run_evaluate(cfg: EvaluateConfig, model: str) -> dict | None:
                         result["report"].unreadable[:10])
         if bench.name == "multigen":
             metrics["multigen"] = {k: v for k, v in s.items() if k.startswith("MG")}
+            write_csv(result["recall"], ["category", "images", "found", "recall"], out / "category_recall.csv")
         else:
             metrics["object_accuracy"] = s.get("MG2", math.nan)
     if cfg.fid.enabled:

@@ -203,3 +203,30 @@ def score(
         result[f"MG{k}_std"] = statistics.pstdev(rates)
     result["images"] = n_prompts * images_per_prompt
     return result
+
+
+def category_recall(
+    detections: Iterable[tuple[int, int, str, float]],
+    prompts: list[Prompt],
+    images_per_prompt: int,
+    threshold: float = 0.1,
+) -> list[dict]:
+    """Which categories a model leaves out: per category c, over the images whose prompt names c,
+
+        recall_c = 100 * #{(p, j) : c in C_p, c in D_{p,j}} / #{(p, j) : c in C_p}
+
+    (``D_{p,j}`` as in the module docstring). Rows ``{"category", "images", "found", "recall"}``
+    sorted by category.
+    """
+    found: dict[tuple[int, int], set[str]] = {}
+    named = {p.prompt_id: set(p.categories) for p in prompts}
+    for pid, idx, label, s in detections:
+        if s > threshold and label in named.get(pid, ()):
+            found.setdefault((pid, idx), set()).add(label)
+    rows: dict[str, list[int]] = {}
+    for p in prompts:
+        for c in p.categories:
+            acc = rows.setdefault(c, [0, 0])
+            acc[0] += images_per_prompt
+            acc[1] += sum(c in found.get((p.prompt_id, j), ()) for j in range(images_per_prompt))
+    return [{"category": c, "images": n, "found": k, "recall": 100.0 * k / n} for c, (n, k) in sorted(rows.items())]

@@ -6,6 +6,8 @@ A writer never leaves a half-written file under the final name: it writes
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -68,6 +70,15 @@ def write_json(obj: Any, path: str | Path) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_csv(rows: list[dict[str, Any]], columns: list[str], path: str | Path) -> Path:
+    """Write rows as CSV atomically (for ``dvc plots``); floats with 4 decimals."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({c: f"{r[c]:.4f}" if isinstance(r[c], float) else r[c] for c in columns} for r in rows)
+    return write_bytes(buf.getvalue().encode(), path)
 
 
 def write_bytes(data: bytes, path: str | Path) -> Path:

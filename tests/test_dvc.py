@@ -97,5 +97,6 @@ def test_repro_then_up_to_date_then_threshold_experiment_then_plots(clone: Path)
 
     plots = json.loads(sh(["dvc", "plots", "show", "--json"], clone))
     text = json.dumps(plots)
-    for name in ("loss/total.tsv", "loss/token_16.tsv", "loss/pixel_4.tsv", "attention/step-"):
+    for name in ("loss/total.tsv", "loss/token_16.tsv", "loss/pixel_4.tsv", "attention/step-",
+                 "evaluate/base/category_recall.csv", "evaluate/tokencompose/category_recall.csv"):
         assert name in text, name

@@ -105,6 +105,11 @@ def test_outputs_add_up_and_scores_follow_the_detections(evaluated: Path):
     assert {k: again[k] for k in m["multigen"]} == m["multigen"]
     assert read_table(out / "rejects.parquet").num_rows == 0
     assert len(read_table(out / "fid/manifest.parquet")) == 4 == m["counts"]["fid_images"]
+    recall = (out / "category_recall.csv").read_text().splitlines()
+    assert recall[0] == "category,images,found,recall"
+    named = sorted({c for r in manifest for c in r["categories"]})
+    assert [line.split(",")[0] for line in recall[1:]] == named
+    assert sum(int(line.split(",")[1]) for line in recall[1:]) == 6 * 5  # 6 images, 5 categories each
     for fig in ("samples.png", "heatmaps.png"):
         assert Image.open(out / "figures" / fig).size[0] > 100
 

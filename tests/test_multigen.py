@@ -202,3 +202,14 @@ def test_prompts_outside_the_vocabulary_are_recorded_rejects():
     assert [(k, r) for k, r, _ in rejects] == [("multigen:1", "category_not_in_vocabulary")]
     assert "yak" in rejects[0][2]
     assert check_vocabulary(prompts, None, "multigen") == (prompts, [])
+
+
+def test_category_recall_hand_made():
+    from pipeline.multigen import category_recall
+
+    # a: found in (0,0) twice-detected and (0,1) -> 2/2; b: (0,0) only -> 1/2; c: (0,0) at 0.3 -> 1/2;
+    # d: (0,1) -> 1/2; e: never -> 0/2; f, g, h, i: (1,0) only -> 1/2; j: 0/2; z and the other prompt's a: ignored
+    rows = {r["category"]: (r["images"], r["found"], r["recall"]) for r in category_recall(DETECTIONS, PROMPTS, 2)}
+    assert rows == {"a": (2, 2, 100.0), "b": (2, 1, 50.0), "c": (2, 1, 50.0), "d": (2, 1, 50.0), "e": (2, 0, 0.0),
+                    "f": (2, 1, 50.0), "g": (2, 1, 50.0), "h": (2, 1, 50.0), "i": (2, 1, 50.0), "j": (2, 0, 0.0)}
+    assert list(rows) == sorted(rows)
