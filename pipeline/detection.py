@@ -290,14 +290,3 @@ class Detector:
         ]
         dets.sort(key=lambda d: (-d.score, d.label, d.box))
         return dets
-
-
-def detect_batched(
-    detector: Detector,
-    images: Sequence[Image.Image],
-    categories: Sequence[str] | Sequence[Sequence[str]],
-    keep_threshold: float,
-    batch_size: int,
-) -> list[list[Detection]]:
-    """``detector.detect`` in forwards of at most ``batch_size`` images."""
-    return detector.detect(images, categories, keep_threshold, batch_size=batch_size)

@@ -136,13 +136,3 @@ def render_grid(rows: Sequence[tuple[str, Image.Image]]) -> Image.Image:
         grid.paste(img, (0, y + LABEL_H))
         y += LABEL_H + img.height
     return grid
-
-
-def prompt_heatmap_grid(pipe, prompts: Sequence[str], seed: int, steps: int, guidance: float, resolution: int,
-                        blocks: Iterable[str] = ("mid", "up"), cell: int = CELL) -> Image.Image:
-    """:func:`generation_attention` + :func:`render_prompt_heatmaps` for each prompt, stacked by :func:`render_grid`."""
-    rows = []
-    for prompt in prompts:
-        image, maps = generation_attention(pipe, prompt, seed, steps, guidance, resolution, blocks)
-        rows.append((prompt, render_prompt_heatmaps(image, maps, token_labels(pipe.tokenizer, prompt), cell)))
-    return render_grid(rows)

@@ -20,7 +20,6 @@ from pipeline.detection import (
     Detection,
     Detector,
     boxes_to_pixels,
-    detect_batched,
     resolve_source,
 )
 from pipeline.tiny_owl import OWL_MAX_TEXT_LEN, TinyOwlConfig, build_tiny_owlv2, build_tiny_owlvit
@@ -277,7 +276,7 @@ def test_batched_equals_one_at_a_time(detectors, images, kind):
     det = detectors[kind]
     single = [det.detect([im], CATEGORIES, keep_threshold=0.3)[0] for im in images]
     assert_same(det.detect(images, CATEGORIES, keep_threshold=0.3), single)
-    assert_same(detect_batched(det, images, CATEGORIES, keep_threshold=0.3, batch_size=3), single)
+    assert_same(det.detect(images, CATEGORIES, keep_threshold=0.3, batch_size=3), single)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -13,7 +13,6 @@ from PIL import Image
 from pipeline.prompt_heatmaps import (
     LABEL_H,
     generation_attention,
-    prompt_heatmap_grid,
     render_grid,
     render_prompt_heatmaps,
     token_labels,
@@ -102,9 +101,3 @@ def test_render_sizes(pipe, cell):
     assert grid.size == (row.width, 2 * LABEL_H + row.height + small.height)
     with pytest.raises(ValueError):
         render_grid([])
-
-
-def test_prompt_heatmap_grid(pipe, tmp_path: Path):
-    grid = prompt_heatmap_grid(pipe, [PROMPT, "a cat"], seed=0, steps=1, guidance=7.5, resolution=64, cell=32)
-    assert grid.size == (10 * 32, 2 * LABEL_H + 2 * (32 + LABEL_H))
-    grid.save(tmp_path / "grid.png")
