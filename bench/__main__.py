@@ -11,7 +11,7 @@ import platform
 
 import torch
 
-from pipeline.logs import setup_logging
+from pipeline.core.logs import setup_logging
 
 from . import bench_eval, bench_masks, bench_nouns, bench_train
 from .common import to_markdown

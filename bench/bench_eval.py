@@ -4,7 +4,7 @@
 
 The same pipeline, the same items (text, seed) and the same detector in one process:
 
-- generation: ``pipeline.generation.draw`` on one item at a time (the official MultiGen
+- generation: ``pipeline.evaluate.generation.draw`` on one item at a time (the official MultiGen
   loop: ``pipe(prompt=[text])`` per image) against batches of ``--batch`` items;
 - detection: ``Detector.detect`` on one image at a time (the official loop) against batches,
   each image queried with its own prompt's categories.
@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.detection import Detector
-from pipeline.devices import resolve_device
-from pipeline.generation import GenerationConfig, GenItem, draw
-from pipeline.multigen import image_seed, make_prompts
+from pipeline.core.devices import resolve_device
+from pipeline.evaluate.detection import Detector
+from pipeline.evaluate.generation import GenerationConfig, GenItem, draw
+from pipeline.evaluate.multigen import image_seed, make_prompts
 
 from .common import row, to_markdown
 
@@ -44,9 +44,9 @@ def _sync(device: str) -> None:
 def _tiny(folder: Path, device: str):
     from diffusers import StableDiffusionPipeline
 
-    from pipeline.clip_tokenizer import build_clip_tokenizer
-    from pipeline.tiny_owl import build_tiny_owlv2
-    from pipeline.tiny_sd import build_tiny_sd
+    from pipeline.models.clip_tokenizer import build_clip_tokenizer
+    from pipeline.models.owl_tiny import build_tiny_owlv2
+    from pipeline.models.stable_diffusion import build_tiny_sd
 
     tok = build_clip_tokenizer(folder / "tok")
     sd = build_tiny_sd(folder / "sd", seed=0, tokenizer_dir=tok)
@@ -58,12 +58,23 @@ def _tiny(folder: Path, device: str):
 
 def _sd14(folder: Path, device: str):
     """SD 1.4- and OWLv2-large-sized models with random weights (no download)."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection,
-                              Owlv2ImageProcessorFast)
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTokenizer,
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2ImageProcessorFast,
+    )
 
-    from pipeline.clip_tokenizer import build_clip_tokenizer
-    from pipeline.tiny_owl import build_tiny_owlv2
+    from pipeline.models.clip_tokenizer import build_clip_tokenizer
+    from pipeline.models.owl_tiny import build_tiny_owlv2
 
     torch.manual_seed(0)
     tok = build_clip_tokenizer(folder / "tok")

@@ -22,17 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.images import load_rgb
-from pipeline.logs import setup_logging
-from pipeline.masks import (
-    MASKS_SCHEMA,
+from pipeline.core.images import load_rgb
+from pipeline.core.logs import setup_logging
+from pipeline.core.masks import (
     coco_segmentation_to_mask,
     decode_rle,
     encode_rle,
     mask_from_png_bytes,
     mask_to_png_bytes,
 )
-from pipeline.tables import read_table, write_rows
+from pipeline.core.schemas import MASKS_SCHEMA
+from pipeline.core.tables import read_table, write_rows
 
 from .common import COCO_MINI, row, to_markdown
 
@@ -51,8 +51,8 @@ def bench_encoder_calls(data: dict, n_images: int, repeats: int) -> list[dict]:
     import torch
     from segment_anything import SamPredictor
 
-    from pipeline.segmentation import count_encoder_calls, load_sam, segment_image
-    from pipeline.tiny_sam import build_tiny_sam
+    from pipeline.data.sam_masks import count_encoder_calls, segment_image
+    from pipeline.models.sam import build_tiny_sam, load_sam
 
     boxes_by_image: dict[int, list[list[float]]] = {}
     for ann in data["annotations"]:

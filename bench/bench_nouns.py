@@ -25,10 +25,14 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.clip_tokenizer import build_clip_tokenizer, load_clip_tokenizer
-from pipeline.logs import setup_logging
-from pipeline.nouns import NounExtractor, build_nouns, load_tagger
-from pipeline.tokens import CaptionTokenizer, noun_token_indices, official_token_indices
+from pipeline.core.logs import setup_logging
+from pipeline.data.nouns import NounExtractor, build_nouns, load_tagger
+from pipeline.data.tokens import (
+    CaptionTokenizer,
+    noun_token_indices,
+    official_token_indices,
+)
+from pipeline.models.clip_tokenizer import build_clip_tokenizer, load_clip_tokenizer
 
 from .common import COCO_MINI, best_of, row, to_markdown
 

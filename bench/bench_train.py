@@ -7,7 +7,7 @@ The same UNet (same config, same seed), the same random batch and the same optim
 (AdamW, gradient clipping at 1) in three modes:
 
 (a) ``plain``: lambda = gamma = 0; diffusers' default attention processors (SDPA); loss = MSE.
-(b) ``tokencompose``: lambda, gamma > 0 as this project trains: ``pipeline.attention.AttentionCapture``
+(b) ``tokencompose``: lambda, gamma > 0 as this project trains: ``pipeline.train.attention.AttentionCapture``
     puts explicit-attention capture processors on the supervised cross-attention layers only
     (mid + up ``attn2``), every other layer keeps SDPA; ``grounding_losses`` + ``total_loss``;
     backward inside the capture block.
@@ -65,7 +65,7 @@ import time
 import torch
 from einops import rearrange
 
-from pipeline.logs import setup_logging
+from pipeline.core.logs import setup_logging
 
 from .common import REPO, row, to_markdown
 
@@ -111,8 +111,8 @@ def build_unet(model: str):
 
 def make_batch(unet, model: str, batch_size: int, device: str) -> dict:
     """A fixed random batch: latents, target, timesteps, text states, masks per resolution, tokens."""
-    from pipeline.losses import resize_mask
-    from pipeline.tiny_sd import cross_attention_resolutions
+    from pipeline.core.masks import resize_mask
+    from pipeline.train.attention import layer_resolutions
 
     _, resolution = MODELS[model]
     latent = resolution // VAE_FACTOR
@@ -131,7 +131,7 @@ def make_batch(unet, model: str, batch_size: int, device: str) -> dict:
             h, w = (int(torch.randint(resolution // 16, resolution // 2, (1,), generator=g)) for _ in range(2))
             y, x = (int(torch.randint(0, resolution - s, (1,), generator=g)) for s in (h, w))
             full[i, j, y : y + h, x : x + w] = 1.0
-    sides = sorted(set(cross_attention_resolutions(unet, latent).values()))
+    sides = sorted(set(layer_resolutions(unet, latent).values()))
     batch["masks"] = {r: resize_mask(full, r) for r in sides}
     idx = torch.zeros(b, n, t, dtype=torch.long)
     valid = torch.zeros(b, n, t, dtype=torch.bool)
@@ -182,7 +182,7 @@ class StoreAllAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
-        from pipeline.attention import explicit_attention
+        from pipeline.train.attention import explicit_attention
 
         return explicit_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
                                   on_probs=lambda probs: self.store.record(self.name, probs))
@@ -191,7 +191,7 @@ class StoreAllAttnProcessor:
 def install_store_all(unet) -> tuple[AllMapsStore, list[str]]:
     """Put :class:`StoreAllAttnProcessor` on every attention layer; the store and the
     supervised (mid + up ``attn2``) processor names."""
-    from pipeline.attention import supervised_layers
+    from pipeline.train.attention import supervised_layers
 
     store = AllMapsStore()
     unet.set_attn_processor({name: StoreAllAttnProcessor(name, store) for name in unet.attn_processors})
@@ -232,10 +232,10 @@ def _maxrss_mb() -> float:
 def run_mode(mode: str, model: str = "small", steps: int = 10, checkpointing: bool = True,
              device: str = "auto", batch_size: int = 1, threads: int | None = None) -> dict:
     """Time ``steps`` training steps of one mode after a warm-up step; peak memory; a dict."""
-    from pipeline.attention import AttentionCapture
-    from pipeline.devices import resolve_device
-    from pipeline.losses import grounding_losses, total_loss
-    from pipeline.training import ldm_loss_per_example
+    from pipeline.core.devices import resolve_device
+    from pipeline.train.attention import AttentionCapture
+    from pipeline.train.loop import ldm_loss_per_example
+    from pipeline.train.losses import grounding_losses, total_loss
 
     if mode not in MODES + EXTRA_MODES:
         raise ValueError(f"mode must be one of {MODES + EXTRA_MODES}, got {mode!r}")
@@ -366,7 +366,7 @@ def run(model: str | None = None, steps: int = 10, checkpointing: bool = True, d
     tokencompose, official-style, plain, ...), so that a slow spell of a shared machine or
     one process's luck falls on every mode alike.
     """
-    from pipeline.devices import resolve_device
+    from pipeline.core.devices import resolve_device
 
     device = resolve_device(device)
     model = model or ("sd14" if device.startswith("cuda") else "small")
@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging("WARNING")
     if min(args.steps, args.batch_size, args.rounds) < 1:
         parser.error("--steps, --batch-size and --rounds must be >= 1")
-    from pipeline.devices import resolve_device
+    from pipeline.core.devices import resolve_device
 
     device = resolve_device(args.device)
     model = args.model or ("sd14" if device.startswith("cuda") else "small")

@@ -1,15 +1,15 @@
 """Stage ``captions``: validated, selected captions table from COCO captions or TokenCompose metadata.
 
 Usage: ``python -m stages.captions [--params params.yaml] [--workers N]``
-Reads section ``captions`` (``pipeline.coco.CaptionsConfig``); writes ``<out_dir>/captions.parquet``,
-``rejects.parquet`` and ``summary.json`` (formats in ``pipeline/coco.py``).
+Reads section ``captions`` (``pipeline.data.captions.CaptionsConfig``); writes ``<out_dir>/captions.parquet``,
+``rejects.parquet`` and ``summary.json`` (formats in ``pipeline/data/captions.py``).
 """
 
 from __future__ import annotations
 
-from pipeline.cli import parse
-from pipeline.coco import CaptionsConfig, run_captions
-from pipeline.config import load_section
+from pipeline.core.cli import parse
+from pipeline.core.config import load_section
+from pipeline.data.captions import CaptionsConfig, run_captions
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,7 +1,7 @@
 """Stage ``coco_download``: fetch and extract the COCO 2017 archives (paper profiles).
 
 Usage: ``python -m stages.coco_download [--params params.yaml]``
-Reads section ``coco_download`` (``pipeline.download.CocoDownloadConfig``: urls, out_dir,
+Reads section ``coco_download`` (``pipeline.data.coco_download.CocoDownloadConfig``: urls, out_dir,
 keep_zips); the official URLs are in ``configs/paper-sd14.yaml``. With no urls (the demo
 profile) it only writes ``<out_dir>/MANIFEST.json`` listing nothing. Interrupted downloads
 resume on the next run; extracted archives are skipped.
@@ -9,9 +9,9 @@ resume on the next run; extracted archives are skipped.
 
 from __future__ import annotations
 
-from pipeline.cli import parse
-from pipeline.config import load_section
-from pipeline.download import CocoDownloadConfig, fetch_archives
+from pipeline.core.cli import parse
+from pipeline.core.config import load_section
+from pipeline.data.coco_download import CocoDownloadConfig, fetch_archives
 
 
 def main(argv: list[str] | None = None) -> dict:

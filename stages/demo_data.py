@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from pipeline.config import DEFAULT_PARAMS, load_section
+from pipeline.core.config import DEFAULT_PARAMS, load_section
+from pipeline.core.logs import setup_logging
 from pipeline.demo import DemoDataConfig, generate_demo
-from pipeline.logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> dict:

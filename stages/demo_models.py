@@ -1,10 +1,10 @@
-"""Stage ``demo_models``: build the demo profile's tiny models (see pipeline/tiny.py)."""
+"""Stage ``demo_models``: build the demo profile's tiny models (see pipeline/models/tiny.py)."""
 
 from __future__ import annotations
 
-from pipeline.cli import parse
-from pipeline.config import load_section
-from pipeline.tiny import DemoModelsConfig, build_tiny_models
+from pipeline.core.cli import parse
+from pipeline.core.config import load_section
+from pipeline.models.tiny import DemoModelsConfig, build_tiny_models
 
 
 def main(argv: list[str] | None = None) -> None:

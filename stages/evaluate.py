@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 
-from pipeline.cli import parse
-from pipeline.config import load_section
-from pipeline.eval_config import EvaluateConfig
-from pipeline.evaluation import regenerate, run_evaluate
+from pipeline.core.cli import parse
+from pipeline.core.config import load_section
+from pipeline.evaluate.config import EvaluateConfig
+from pipeline.evaluate.run import regenerate, run_evaluate
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,13 +1,12 @@
-"""Stage ``ground``: Grounding DINO boxes for every noun (see pipeline/ground_stage.py)."""
+"""Stage ``ground``: Grounding DINO boxes for every noun (see pipeline/data/ground.py)."""
 
 from __future__ import annotations
 
 import json
 
-from pipeline.cli import parse
-from pipeline.config import load_section
-from pipeline.ground_stage import run_ground
-from pipeline.grounding import GroundConfig
+from pipeline.core.cli import parse
+from pipeline.core.config import load_section
+from pipeline.data.ground import GroundConfig, run_ground
 
 
 def main(argv: list[str] | None = None) -> None:

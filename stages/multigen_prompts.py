@@ -1,10 +1,10 @@
-"""Stage ``multigen_prompts``: fetch and check MultiGen prompt files (see pipeline/prompt_download.py)."""
+"""Stage ``multigen_prompts``: fetch and check MultiGen prompt files (see pipeline/evaluate/prompt_files.py)."""
 
 from __future__ import annotations
 
-from pipeline.cli import parse
-from pipeline.config import load_section
-from pipeline.prompt_download import PromptDownloadConfig, fetch_prompt_files
+from pipeline.core.cli import parse
+from pipeline.core.config import load_section
+from pipeline.evaluate.prompt_files import PromptDownloadConfig, fetch_prompt_files
 
 
 def main(argv: list[str] | None = None) -> dict:

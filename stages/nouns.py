@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.config import DEFAULT_PARAMS, load_section
-from pipeline.logs import setup_logging
-from pipeline.nouns import NounsConfig, run_nouns
+from pipeline.core.config import DEFAULT_PARAMS, load_section
+from pipeline.core.logs import setup_logging
+from pipeline.data.nouns import NounsConfig, run_nouns
 
 DEFAULT_CAPTIONS = "data/captions/captions.parquet"
 

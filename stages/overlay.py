@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.cli import parse
-from pipeline.config import read_params
-from pipeline.tables import read_table, write_bytes
-from pipeline.viz import OverlaySource, to_png
+from pipeline.core.cli import parse
+from pipeline.core.config import read_params
+from pipeline.core.tables import read_table, write_bytes
+from pipeline.data.overlays import OverlaySource, to_png
 
 
 def main(argv: list[str] | None = None) -> Path | None:

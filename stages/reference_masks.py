@@ -1,4 +1,4 @@
-"""Stage ``reference_masks``: nouns + COCO instance annotations -> a masks table (see pipeline/reference_masks.py).
+"""Stage ``reference_masks``: nouns + COCO instance annotations -> a masks table (see pipeline/data/reference_masks.py).
 
 Usage: ``python -m stages.reference_masks [--params params.yaml] [--captions ...] [--nouns ...]``
 Writes ``<out_dir>/masks/part-00000.parquet`` and ``<out_dir>/summary.json``.
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 
-from pipeline.cli import parse
-from pipeline.config import load_section
-from pipeline.reference_masks import ReferenceMasksConfig, run_reference_masks
+from pipeline.core.cli import parse
+from pipeline.core.config import load_section
+from pipeline.data.reference_masks import ReferenceMasksConfig, run_reference_masks
 
 DEFAULT_CAPTIONS = "data/captions/captions.parquet"
 DEFAULT_NOUNS = "data/nouns/nouns.parquet"

@@ -1,13 +1,12 @@
-"""Stage ``segment``: SAM masks for every noun with a box (see pipeline/segment_stage.py)."""
+"""Stage ``segment``: SAM masks for every noun with a box (see pipeline/data/segment.py)."""
 
 from __future__ import annotations
 
 import json
 
-from pipeline.cli import parse
-from pipeline.config import load_section
-from pipeline.segment_stage import run_segment
-from pipeline.segmentation import SegmentConfig
+from pipeline.core.cli import parse
+from pipeline.core.config import load_section
+from pipeline.data.segment import SegmentConfig, run_segment
 
 
 def main(argv: list[str] | None = None) -> None:

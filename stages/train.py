@@ -1,4 +1,4 @@
-"""Stage ``train``: fine-tune the UNet with the TokenCompose losses (see pipeline/training.py).
+"""Stage ``train``: fine-tune the UNet with the TokenCompose losses (see pipeline/train/loop.py).
 
     python -m stages.train                                   # one process
     accelerate launch --num_processes 8 -m stages.train      # data parallel on GPUs
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 
-from pipeline.cli import parse
-from pipeline.config import load_section
-from pipeline.training import TrainConfig, run_train
+from pipeline.core.cli import parse
+from pipeline.core.config import load_section
+from pipeline.train.loop import TrainConfig, run_train
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.tables import read_table
+from pipeline.core.tables import read_table
 
 REPO = Path(__file__).resolve().parents[1]
 

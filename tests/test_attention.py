@@ -7,9 +7,13 @@ import copy
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
+from diffusers.models.attention_processor import (
+    Attention,
+    AttnProcessor,
+    AttnProcessor2_0,
+)
 
-from pipeline.attention import (
+from pipeline.train.attention import (
     AttentionCapture,
     AttentionStore,
     CaptureCrossAttnProcessor,
@@ -325,7 +329,7 @@ def test_backward_after_leaving_the_block_fails_under_checkpointing(caplog):
     model.enable_gradient_checkpointing()
     model.train()
     x, t, e = unet_inputs()
-    with caplog.at_level("WARNING", logger="pipeline.attention"):
+    with caplog.at_level("WARNING", logger="pipeline.train.attention"):
         with AttentionCapture(model) as capture:
             pred = model(x, t, e).sample
             loss = pred.mean() + sum(m.probs[..., 1].sum() for m in capture.maps)
@@ -337,7 +341,7 @@ def test_backward_after_leaving_the_block_fails_under_checkpointing(caplog):
 def test_no_warning_when_backward_runs_inside(caplog):
     model = tiny_unet()
     model.enable_gradient_checkpointing()
-    with caplog.at_level("WARNING", logger="pipeline.attention"):
+    with caplog.at_level("WARNING", logger="pipeline.train.attention"):
         grads_from_captured_maps(model)
     assert caplog.text == ""
 

@@ -10,16 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.attention_metrics import (
+from pipeline.core.masks import encode_rle
+from pipeline.models.stable_diffusion import build_tiny_sd, load_sd_components
+from pipeline.train.attention_metrics import (
     attention_iou,
     attention_share,
     eval_noise,
     evaluate_attention_share,
     evaluate_grounding,
 )
-from pipeline.data import Example, NounTarget, TokenComposeDataset
-from pipeline.masks import encode_rle
-from pipeline.tiny_sd import build_tiny_sd, load_sd_components
+from pipeline.train.dataset import Example, NounTarget, TokenComposeDataset
 
 S = 77
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.benchmarks import PromptBenchmark, detect_shard, manifest
-from pipeline.clip_tokenizer import build_clip_tokenizer
-from pipeline.detection import Detector
-from pipeline.multigen import Prompt, image_seed
-from pipeline.tiny_owl import build_tiny_owlv2
+from pipeline.evaluate.detection import Detector
+from pipeline.evaluate.multigen import Prompt, image_seed
+from pipeline.evaluate.prompt_benchmarks import PromptBenchmark, detect_shard, manifest
+from pipeline.models.clip_tokenizer import build_clip_tokenizer
+from pipeline.models.owl_tiny import build_tiny_owlv2
 
 
 def test_detect_shard_labels_by_prompt_and_records_unreadable_images(tmp_path: Path):

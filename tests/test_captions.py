@@ -16,18 +16,17 @@ import pytest
 import yaml
 from PIL import Image
 
-import pipeline.coco as coco
-from pipeline.coco import (
-    CAPTIONS_SCHEMA,
+import pipeline.data.captions as coco
+from pipeline.core.config import ConfigError, from_dict
+from pipeline.core.images import UnsupportedModeError, load_rgb
+from pipeline.core.schemas import CAPTIONS_SCHEMA, REJECTS_SCHEMA
+from pipeline.data.captions import (
     CaptionsConfig,
     build_captions,
     normalize_caption,
     run_captions,
     unsafe_path_reason,
 )
-from pipeline.config import ConfigError, from_dict
-from pipeline.images import UnsupportedModeError, load_rgb
-from pipeline.tables import REJECTS_SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -324,7 +323,7 @@ PROFILES = [p for p in [REPO / "params.yaml", *sorted((REPO / "configs").glob("*
 
 @pytest.mark.parametrize("path", PROFILES, ids=[p.name for p in PROFILES])
 def test_params_sections_load(path: Path) -> None:
-    from pipeline.config import load_section
+    from pipeline.core.config import load_section
 
     cfg = load_section("captions", CaptionsConfig, path)
     assert cfg.format in ("coco", "tokencompose")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import CLIPTokenizer, CLIPTokenizerFast
 
-from pipeline.clip_tokenizer import (
+from pipeline.models.clip_tokenizer import (
     BOS_ID,
     EOS_ID,
     NUM_MERGES,

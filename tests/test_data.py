@@ -13,14 +13,23 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
-from pipeline.clip_tokenizer import EOS_ID, build_clip_tokenizer, load_clip_tokenizer
-from pipeline.coco import CAPTIONS_SCHEMA
-from pipeline.data import Example, NounTarget, TokenComposeDataset, build_examples, collate
-from pipeline.images import load_rgb
-from pipeline.masks import MASKS_SCHEMA, encode_rle, resize_mask
-from pipeline.nouns import NOUNS_SCHEMA
-from pipeline.tables import write_rows
-from pipeline.tokens import CaptionTokenizer, span_token_indices
+from pipeline.core.images import load_rgb
+from pipeline.core.masks import encode_rle, resize_mask
+from pipeline.core.schemas import CAPTIONS_SCHEMA, MASKS_SCHEMA, NOUNS_SCHEMA
+from pipeline.core.tables import write_rows
+from pipeline.data.tokens import CaptionTokenizer, span_token_indices
+from pipeline.models.clip_tokenizer import (
+    EOS_ID,
+    build_clip_tokenizer,
+    load_clip_tokenizer,
+)
+from pipeline.train.dataset import (
+    Example,
+    NounTarget,
+    TokenComposeDataset,
+    build_examples,
+    collate,
+)
 
 R = 64
 LATENT = [4, 8, 16]
@@ -146,7 +155,7 @@ def test_size_mismatch_and_corrupt_image_rejected(tables, tmp_path: Path):
 
 
 def test_mask_size_mismatch_is_an_error(tables, tmp_path: Path):
-    from pipeline.tables import read_table
+    from pipeline.core.tables import read_table
 
     masks = read_table(tables["masks"])
     widths = masks.column("width").to_pylist()
@@ -211,7 +220,7 @@ def test_mask_semantics_match_official(dataset, built):
         transforms.CenterCrop(R),
         transforms.ToTensor(),
     ])
-    from pipeline.masks import decode_rle
+    from pipeline.core.masks import decode_rle
 
     for ex in built[0]:
         item = _item(dataset, ex.caption_id)

@@ -15,7 +15,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from pipeline.config import ConfigError, from_dict, load_section
+from pipeline.core.config import ConfigError, from_dict, load_section
 from pipeline.demo import (
     CAPTIONS_FILE,
     INSTANCES_FILE,

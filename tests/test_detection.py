@@ -14,15 +14,25 @@ import torch
 from PIL import Image
 from transformers import AutoConfig
 
-from pipeline.clip_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, build_clip_tokenizer
-from pipeline.detection import (
+from pipeline.evaluate.detection import (
     QUERY_TEMPLATE,
     Detection,
     Detector,
     boxes_to_pixels,
-    resolve_source,
 )
-from pipeline.tiny_owl import OWL_MAX_TEXT_LEN, TinyOwlConfig, build_tiny_owlv2, build_tiny_owlvit
+from pipeline.models.clip_tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    VOCAB_SIZE,
+    build_clip_tokenizer,
+)
+from pipeline.models.owl import resolve_source
+from pipeline.models.owl_tiny import (
+    OWL_MAX_TEXT_LEN,
+    TinyOwlConfig,
+    build_tiny_owlv2,
+    build_tiny_owlvit,
+)
 
 KINDS = ("owlv2", "owlvit")
 BUILDERS = {"owlv2": build_tiny_owlv2, "owlvit": build_tiny_owlvit}
@@ -328,7 +338,7 @@ def test_text_tower_runs_once_per_query(detectors, images, monkeypatch):
 def test_long_queries_are_truncated_to_16_tokens(detectors, images, caplog):
     det = detectors["owlvit"]
     long_name = " ".join(["very"] * 20) + " big cat"
-    with caplog.at_level(logging.WARNING, logger="pipeline.detection"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.evaluate.detection"):
         dets = det.detect(images[:1], [long_name, "dog"], keep_threshold=0.0)[0]
     assert "truncated to 16" in caplog.text
     assert len(dets) == N_BOXES and {d.label for d in dets} <= {0, 1}

@@ -19,16 +19,16 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.config import ConfigError, from_dict
-from pipeline.download import (
+from pipeline.core.config import ConfigError, from_dict
+from pipeline.core.download import (
     COCO_2017_URLS,
-    CocoDownloadConfig,
     DownloadError,
     UnsafeArchiveError,
     download,
     extract_zip,
     read_marker,
 )
+from pipeline.data.coco_download import CocoDownloadConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PROXY_VARS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
@@ -275,7 +275,7 @@ PROFILES = [p for p in [REPO / "params.yaml", *sorted((REPO / "configs").glob("*
 
 @pytest.mark.parametrize("path", PROFILES, ids=[p.name for p in PROFILES])
 def test_profiles_load(path: Path) -> None:
-    from pipeline.config import load_section
+    from pipeline.core.config import load_section
 
     cfg = load_section("coco_download", CocoDownloadConfig, path)
     assert set(cfg.urls) <= set(COCO_2017_URLS)

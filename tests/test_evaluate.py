@@ -17,8 +17,8 @@ import yaml
 from PIL import Image
 from stagerun import ENV, run_stage
 
-from pipeline.multigen import Prompt, image_seed, score
-from pipeline.tables import read_table
+from pipeline.core.tables import read_table
+from pipeline.evaluate.multigen import Prompt, image_seed, score
 
 LAUNCH_2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

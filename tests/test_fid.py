@@ -11,8 +11,18 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from pipeline.fid import ClipImageFeatures, FidMetric, FidPair, reference_image, select_fid_pairs
-from pipeline.tiny_clip_vision import IMAGE_SIZE, PROJECTION_DIM, build_tiny_clip_vision
+from pipeline.evaluate.fid import (
+    ClipImageFeatures,
+    FidMetric,
+    FidPair,
+    reference_image,
+    select_fid_pairs,
+)
+from pipeline.models.clip_vision_tiny import (
+    IMAGE_SIZE,
+    PROJECTION_DIM,
+    build_tiny_clip_vision,
+)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.generation import GenerationConfig, GenItem, draw, generate_images, load_pipeline
-from pipeline.tiny_sd import build_tiny_sd
+from pipeline.evaluate.generation import (
+    GenerationConfig,
+    GenItem,
+    draw,
+    generate_images,
+)
+from pipeline.models.stable_diffusion import build_tiny_sd, load_sd_pipeline
 
 CFG = GenerationConfig(steps=4, guidance_scale=7.5, resolution=32, batch_size=3)
 ITEMS = [GenItem(f"{p}_{j}", f"a photo of a cat and a dog number {p}.", 1000 * p + j) for p in range(2)
@@ -25,7 +30,7 @@ def sd(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def pipe(sd: Path):
     torch.set_num_threads(1)
-    return load_pipeline(str(sd), str(sd / "unet"), "cpu", CFG)
+    return load_sd_pipeline(str(sd), str(sd / "unet"), "cpu", CFG.dtype, CFG.scheduler)
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -68,7 +73,7 @@ def test_swapped_unet_is_used(sd: Path, pipe, tmp_path: Path):
         for p in unet.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
     unet.save_pretrained(tmp_path / "unet")
-    other = load_pipeline(str(sd), str(tmp_path / "unet"), "cpu", CFG)
+    other = load_sd_pipeline(str(sd), str(tmp_path / "unet"), "cpu", CFG.dtype, CFG.scheduler)
     a = np.asarray(draw(pipe, ITEMS[:1], CFG)[0], np.int16)
     b = np.asarray(draw(other, ITEMS[:1], CFG)[0], np.int16)
     assert np.abs(a - b).mean() > 1
@@ -76,7 +81,7 @@ def test_swapped_unet_is_used(sd: Path, pipe, tmp_path: Path):
 
 def test_missing_unet_folder_is_a_clear_error(sd: Path, tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="UNet folder .*nowhere"):
-        load_pipeline(str(sd), str(tmp_path / "nowhere"), "cpu", CFG)
+        load_sd_pipeline(str(sd), str(tmp_path / "nowhere"), "cpu", CFG.dtype, CFG.scheduler)
 
 
 def test_duplicate_keys_and_bad_config_are_refused(pipe, tmp_path: Path):

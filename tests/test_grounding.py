@@ -10,20 +10,25 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import ConfigError, from_dict, load_section
-from pipeline.devices import resolve_device
-from pipeline.grounding import (
-    GroundConfig,
+from pipeline.core.config import ConfigError, from_dict, load_section
+from pipeline.core.devices import resolve_device
+from pipeline.data.ground import GroundConfig
+from pipeline.data.phrase_boxes import (
     build_prompts,
     ground_images,
-    load_grounding_dino,
     normalize_phrase,
     phrase_token_positions,
     preprocess_image,
+)
+from pipeline.models.grounding_dino import (
+    load_grounding_dino,
     read_checkpoint,
     resolve_config_path,
 )
-from pipeline.tiny_grounding import build_tiny_grounding_dino, english_words_from_clip_bpe
+from pipeline.models.grounding_dino_tiny import (
+    build_tiny_grounding_dino,
+    english_words_from_clip_bpe,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NOUNS = ["teddy", "bear", "traffic", "light", "banana", "umbrella", "giraffe", "dog", "person"]

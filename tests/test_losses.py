@@ -10,7 +10,8 @@ import torch.nn as nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from pipeline.losses import grounding_losses, pixel_loss, resize_mask, token_loss, total_loss
+from pipeline.core.masks import resize_mask
+from pipeline.train.losses import grounding_losses, pixel_loss, token_loss, total_loss
 
 S = 77
 

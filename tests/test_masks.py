@@ -11,8 +11,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from pipeline.masks import (
-    MASKS_SCHEMA,
+from pipeline.core.masks import (
     coco_segmentation_to_mask,
     decode_rle,
     encode_rle,
@@ -21,7 +20,8 @@ from pipeline.masks import (
     rle_area,
     run_lengths,
 )
-from pipeline.tables import read_table, write_rows
+from pipeline.core.schemas import MASKS_SCHEMA
+from pipeline.core.tables import read_table, write_rows
 
 SHAPES = [(1, 1), (1, 9), (9, 1), (2, 3), (31, 17), (97, 101), (480, 640)]
 

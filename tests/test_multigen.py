@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from pipeline.multigen import Prompt, image_seed, make_prompts, read_prompts, score
+from pipeline.evaluate.multigen import (
+    Prompt,
+    image_seed,
+    make_prompts,
+    read_prompts,
+    score,
+)
 
 
 @pytest.mark.parametrize(
@@ -171,7 +177,7 @@ def test_score_rejects_bad_detections():
 
 
 def test_visor_prompts_ids_are_stable_and_templates_right():
-    from pipeline.multigen import visor_prompts
+    from pipeline.evaluate.multigen import visor_prompts
 
     cats = ["cat", "dog", "bus"]
     full = visor_prompts(cats, None, seed=0)
@@ -193,7 +199,7 @@ def test_seed_namespaces_keep_benchmarks_apart():
 
 
 def test_prompts_outside_the_vocabulary_are_recorded_rejects():
-    from pipeline.benchmarks import check_vocabulary
+    from pipeline.evaluate.prompt_benchmarks import check_vocabulary
 
     prompts = [Prompt(0, "a photo of a cat and a dog.", ("cat", "dog")),
                Prompt(1, "a photo of a cat and a yak.", ("cat", "yak"))]
@@ -205,7 +211,7 @@ def test_prompts_outside_the_vocabulary_are_recorded_rejects():
 
 
 def test_category_recall_hand_made():
-    from pipeline.multigen import category_recall
+    from pipeline.evaluate.multigen import category_recall
 
     # a: found in (0,0) twice-detected and (0,1) -> 2/2; b: (0,0) only -> 1/2; c: (0,0) at 0.3 -> 1/2;
     # d: (0,1) -> 1/2; e: never -> 0/2; f, g, h, i: (1,0) only -> 1/2; j: 0/2; z and the other prompt's a: ignored

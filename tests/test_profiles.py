@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ConfigError
-from pipeline.profiles import available, use, validate
+from pipeline.core.config import ConfigError
+from stages.profiles import available, use, validate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,8 +51,8 @@ def test_use_copies_a_valid_profile_and_refuses_a_broken_one(tmp_path: Path):
 
 def test_floats_as_dvc_exp_run_writes_them_are_read_as_floats():
     """`dvc exp run -S train.gamma_pixel=5e-5` writes `5e-05`, which YAML 1.1 reads as a string."""
-    from pipeline.config import from_dict
-    from pipeline.training import TrainConfig
+    from pipeline.core.config import from_dict
+    from pipeline.train.loop import TrainConfig
 
     params = yaml.safe_load("gamma_pixel: 5e-05\nlambda_token: 1.0e-3\n")
     assert params["gamma_pixel"] == "5e-05"
@@ -63,9 +63,9 @@ def test_floats_as_dvc_exp_run_writes_them_are_read_as_floats():
 
 
 def test_paper_profile_evaluates_with_the_official_protocol():
-    from pipeline.config import from_dict
-    from pipeline.eval_config import EvaluateConfig
-    from pipeline.profiles import resolve
+    from pipeline.core.config import from_dict
+    from pipeline.evaluate.config import EvaluateConfig
+    from stages.profiles import resolve
 
     for name, res in (("paper-sd14", 512), ("paper-sd21", 768)):
         ev = from_dict(EvaluateConfig, resolve(REPO / "configs" / f"{name}.yaml")["evaluate"], name)
@@ -79,8 +79,8 @@ def test_paper_profile_evaluates_with_the_official_protocol():
 
 
 def test_nested_sections_are_typed_and_checked():
-    from pipeline.config import from_dict
-    from pipeline.eval_config import EvaluateConfig
+    from pipeline.core.config import from_dict
+    from pipeline.evaluate.config import EvaluateConfig
 
     ev = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["evaluate"]
     cfg = from_dict(EvaluateConfig, ev, "evaluate")

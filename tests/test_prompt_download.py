@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, from_dict
-from pipeline.prompt_download import PromptDownloadConfig, fetch_prompt_files
+from pipeline.core.config import ConfigError, from_dict
+from pipeline.evaluate.prompt_files import PromptDownloadConfig, fetch_prompt_files
 
 COCO_SHA = "fdac55817fbab0dc3710e60b82a8b238e41a1ed771660b6050e27ba96dea35cd"
 

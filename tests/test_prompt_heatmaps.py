@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from pipeline.prompt_heatmaps import (
+from pipeline.evaluate.prompt_heatmaps import (
     LABEL_H,
     generation_attention,
     render_grid,
     render_prompt_heatmaps,
     token_labels,
 )
-from pipeline.tiny_sd import build_tiny_sd
+from pipeline.models.stable_diffusion import build_tiny_sd
 
 PROMPT = "a photo of a cat and a dog."
 GROUPS = (4, 8, 16)

@@ -13,13 +13,13 @@ import pytest
 import yaml
 from pycocotools.coco import COCO
 
-from pipeline.clip_tokenizer import build_clip_tokenizer, load_clip_tokenizer
-from pipeline.coco import CaptionsConfig, run_captions
-from pipeline.config import ConfigError, from_dict, load_section
-from pipeline.demo import DemoDataConfig, generate_demo
-from pipeline.masks import MASKS_SCHEMA, decode_rle, encode_rle
-from pipeline.nouns import NOUNS_SCHEMA, build_nouns, load_tagger
-from pipeline.reference_masks import (
+from pipeline.core.config import ConfigError, from_dict, load_section
+from pipeline.core.masks import decode_rle, encode_rle
+from pipeline.core.schemas import MASKS_SCHEMA, NOUNS_SCHEMA
+from pipeline.core.tables import read_table, write_table
+from pipeline.data.captions import CaptionsConfig, run_captions
+from pipeline.data.nouns import build_nouns, load_tagger
+from pipeline.data.reference_masks import (
     SHARD_NAME,
     SYNONYMS,
     ReferenceMasksConfig,
@@ -28,8 +28,9 @@ from pipeline.reference_masks import (
     load_instances,
     run_reference_masks,
 )
-from pipeline.tables import read_table, write_table
-from pipeline.tokens import CaptionTokenizer
+from pipeline.data.tokens import CaptionTokenizer
+from pipeline.demo import DemoDataConfig, generate_demo
+from pipeline.models.clip_tokenizer import build_clip_tokenizer, load_clip_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 COCO_NAMES = {

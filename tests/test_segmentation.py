@@ -11,15 +11,16 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
-from pipeline.config import ConfigError, from_dict, load_section
-from pipeline.segmentation import (
-    SegmentConfig,
-    count_encoder_calls,
+from pipeline.core.config import ConfigError, from_dict, load_section
+from pipeline.data.sam_masks import count_encoder_calls, segment_image, union_masks
+from pipeline.data.segment import SegmentConfig
+from pipeline.models.sam import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    SamArchitecture,
+    build_tiny_sam,
     load_sam,
-    segment_image,
-    union_masks,
 )
-from pipeline.tiny_sam import CHECKPOINT_NAME, CONFIG_NAME, SamArchitecture, build_tiny_sam
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,8 +20,8 @@ import pytest
 import yaml
 from stagerun import ENV, clone_workspace, run_stage, shards_equal, small_params
 
-from pipeline.masks import decode_rle
-from pipeline.tables import read_table
+from pipeline.core.masks import decode_rle
+from pipeline.core.tables import read_table
 
 
 @pytest.fixture(scope="session")

@@ -11,15 +11,15 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 
-from pipeline.clip_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE
-from pipeline.tiny_sd import (
+from pipeline.models.clip_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE
+from pipeline.models.stable_diffusion import (
     SD_SCALING_FACTOR,
     TinySDConfig,
     build_tiny_sd,
-    cross_attention_resolutions,
     load_sd_components,
     vae_scale_factor,
 )
+from pipeline.train.attention import layer_resolutions
 
 PARTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
 
@@ -80,11 +80,16 @@ def test_components_and_config(tiny_sd: Path):
     assert type(AutoencoderKL.from_pretrained(tiny_sd, subfolder="vae")) is AutoencoderKL
 
 
-def test_cross_attention_resolutions_match_the_forward_pass(tiny_sd: Path):
+def test_layer_resolutions_match_the_forward_pass(tiny_sd: Path):
     c = load_sd_components(tiny_sd)
-    layers = cross_attention_resolutions(c.unet, latent_size=16)
-    assert list(layers.values()) == [4, 8, 8, 16, 16]
-    assert next(iter(layers)).startswith("mid_block")
+    supervised = layer_resolutions(c.unet, latent_size=16)
+    assert list(supervised.values()) == [4, 8, 8, 16, 16]
+    assert next(iter(supervised)).startswith("mid_block")
+    assert list(layer_resolutions(c.unet, 16, ("up",)).values()) == [8, 8, 16, 16]
+    # every block, down included, checked against the shapes of a real forward
+    layers = {name.removesuffix(".processor"): side
+              for name, side in layer_resolutions(c.unet, 16, ("down", "mid", "up")).items()}
+    assert list(layers.values())[:2] == [16, 8]  # down_blocks.0, down_blocks.1
     seen: dict[str, tuple[int, ...]] = {}
     modules = dict(c.unet.named_modules())
     hooks = [
@@ -126,7 +131,7 @@ def test_v_prediction_and_resolution(tmp_path: Path, tiny_sd: Path):
     c = load_sd_components(out)
     assert c.noise_scheduler.config.prediction_type == "v_prediction"
     assert c.unet.config.sample_size == 24
-    assert list(cross_attention_resolutions(c.unet, 24).values()) == [6, 12, 12, 24, 24]
+    assert list(layer_resolutions(c.unet, 24).values()) == [6, 12, 12, 24, 24]
 
 
 @pytest.mark.parametrize(

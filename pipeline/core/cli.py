@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Callable
 
-from .logs import setup_logging
+from pipeline.core.logs import setup_logging
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:

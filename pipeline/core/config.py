@@ -1,7 +1,7 @@
 """Typed params sections.
 
 Every stage reads exactly one section of ``params.yaml`` into a frozen dataclass that
-lives next to the code it configures (``NounsConfig`` in ``pipeline/nouns.py``, ...).
+lives next to the code it configures (``NounsConfig`` in ``pipeline/data/nouns.py``, ...).
 Unknown keys and missing required keys are errors, so a typo in ``dvc exp run -S`` fails
 loudly instead of being ignored.
 """

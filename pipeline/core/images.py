@@ -27,6 +27,10 @@ from PIL import Image, ImageCms, ImageFile
 
 log = logging.getLogger(__name__)
 
+#: ImageNet normalisation (Grounding DINO's transform; SAM's pixel mean/std are these x 255)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 RGB_CONVERTIBLE = {"RGB", "L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBA", "RGBa", "RGBX", "LA", "La", "PA"}
 
 

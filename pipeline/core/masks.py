@@ -12,25 +12,10 @@ import math
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from pycocotools import mask as mask_utils
-
-MASKS_SCHEMA = pa.schema(
-    [
-        ("noun_id", pa.int64()),
-        ("caption_id", pa.int64()),
-        ("image_id", pa.int64()),
-        ("text", pa.string()),
-        ("height", pa.int32()),
-        ("width", pa.int32()),
-        ("rle", pa.binary()),      # pycocotools compressed RLE counts
-        ("area", pa.int64()),      # pixels inside the mask
-        ("n_boxes", pa.int32()),   # boxes whose SAM masks were united into this one
-    ]
-)
 
 
 def _check_mask(mask: np.ndarray) -> np.ndarray:

@@ -33,7 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from .tables import REJECTS_SCHEMA, write_table
+from pipeline.core.schemas import REJECTS_SCHEMA
+from pipeline.core.tables import write_table
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,17 @@ def file_digest(*paths: str | Path) -> str:
                     h.update(block)
     return h.hexdigest()[:16]
 
+
+
+def inputs_digest(*inputs: str | Path) -> str:
+    """sha256 over a stage's inputs: files and folders by their bytes (``file_digest``), anything
+    else (a hub id, a file that is missing and will be reported when read) by its text."""
+    h = hashlib.sha256()
+    for item in inputs:
+        path = Path(item)
+        h.update(str(item).encode() + b"\0")
+        h.update(file_digest(path).encode() if path.exists() else b"<not a local path>")
+    return h.hexdigest()[:16]
 
 def chunk(items: Sequence[K], size: int) -> list[list[K]]:
     """Cut ``items`` into consecutive lists of at most ``size``."""

@@ -16,6 +16,8 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.core.schemas import REJECTS_SCHEMA
+
 
 def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -93,15 +95,6 @@ def write_bytes(data: bytes, path: str | Path) -> Path:
         tmp.unlink(missing_ok=True)
     return path
 
-
-REJECTS_SCHEMA = pa.schema(
-    [
-        ("stage", pa.string()),
-        ("key", pa.string()),      # the rejected row's id in its input (caption id, image id, ...)
-        ("reason", pa.string()),   # a short machine-readable code, e.g. "missing_image"
-        ("detail", pa.string()),   # a human-readable explanation
-    ]
-)
 
 
 def rejects_table(stage: str, rejects: Iterable[tuple[str, str, str]]) -> pa.Table:

@@ -46,7 +46,7 @@ are not rejects.
 Then image checks on the selected rows, each image decoded once (``img.load()``):
   ``missing_image``     no such file under images_dir
   ``corrupt_image``     PIL cannot open or fully decode it (truncated, not an image, ...)
-  ``unsupported_mode``  16-bit or float pixels (see ``pipeline.images``)
+  ``unsupported_mode``  16-bit or float pixels (see ``pipeline.core.images``)
 A width/height in the json that disagrees with the decoded image is not a reject: the row
 is kept with the real size, a warning names the images, and ``summary.size_mismatch`` counts
 them. ``first_n`` therefore keeps fewer than N rows when some of the N have bad images.
@@ -63,8 +63,8 @@ Outputs (``out_dir``)
 - ``captions.parquet``: ``CAPTIONS_SCHEMA`` below, sorted by caption_id. ``path`` is
   ``images_dir/file`` with images_dir as configured (relative to the repo root for the
   default params). ``mode`` is the image's original PIL mode (``RGB``, ``L``, ``CMYK``);
-  read pixels with ``pipeline.images.load_rgb(path)``.
-- ``rejects.parquet``: the common rejects schema (``pipeline.tables.REJECTS_SCHEMA``), key
+  read pixels with ``pipeline.core.images.load_rgb(path)``.
+- ``rejects.parquet``: the common rejects schema (``pipeline.core.schemas.REJECTS_SCHEMA``), key
   = caption id (tokencompose rows without a COCO id: ``line:<n>``).
 - ``summary.json``: format, select, input_rows, kept, rejected, not_selected,
   rejected_by_reason, images (distinct kept images), images_decoded, size_mismatch,
@@ -88,27 +88,14 @@ from typing import Any, Iterable, Literal
 import pyarrow as pa
 from tqdm import tqdm
 
-from pipeline.config import ConfigError
-from pipeline.images import RGB_CONVERTIBLE, ImageInfo, probe
-from pipeline.tables import read_table, rejects_table, write_json, write_table
+from pipeline.core.config import ConfigError
+from pipeline.core.images import RGB_CONVERTIBLE, ImageInfo, probe
+from pipeline.core.schemas import CAPTIONS_SCHEMA
+from pipeline.core.tables import read_table, rejects_table, write_json, write_table
 
 log = logging.getLogger(__name__)
 
 STAGE = "captions"
-
-CAPTIONS_SCHEMA = pa.schema(
-    [
-        ("image_id", pa.int64()),
-        ("caption_id", pa.int64()),
-        ("file", pa.string()),            # COCO file_name, relative to images_dir
-        ("path", pa.string()),            # images_dir/file
-        ("width", pa.int32()),            # decoded image size in pixels
-        ("height", pa.int32()),
-        ("mode", pa.string()),            # original PIL mode: RGB, L, CMYK, ...
-        ("caption", pa.string()),         # NFC, whitespace collapsed
-        ("official_nouns", pa.string()),  # JSON list of strings (tokencompose format), else null
-    ]
-)
 
 REASONS = (
     "duplicate_caption_id",

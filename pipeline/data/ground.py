@@ -1,7 +1,7 @@
 """The ``ground`` stage: nouns + images -> boxes table (Grounding DINO).
 
 Each image gets one text prompt with the distinct noun phrases of all of its captions
-(``grounding.normalize_phrase``: lower-cased, separators and whitespace normalised;
+(``phrase_boxes.normalize_phrase``: lower-cased, separators and whitespace normalised;
 ``"dog . teddy bear ."``), and one forward pass;
 ``batch_size`` images share a forward. Every noun occurrence of the nouns table ends up in
 the boxes table: one row per box assigned to its phrase, or one row with ``found = false``
@@ -19,35 +19,53 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
-from .config import fingerprint
-from .devices import resolve_device
-from .grounding import GroundConfig, ground_images, load_grounding_dino, normalize_phrase
-from .images import load_rgb
-from .shards import World, file_digest, run_sharded
-from .tables import read_table, rejects_table, write_json, write_table
+from pipeline.core.code import code_digest
+from pipeline.core.config import fingerprint
+from pipeline.core.devices import resolve_device
+from pipeline.core.images import load_rgb
+from pipeline.core.schemas import BOXES_SCHEMA
+from pipeline.core.shards import World, inputs_digest, run_sharded
+from pipeline.core.tables import read_table, rejects_table, write_json, write_table
+from pipeline.data.phrase_boxes import ground_images, normalize_phrase
+from pipeline.models.grounding_dino import load_grounding_dino, resolve_config_path
 
 log = logging.getLogger(__name__)
 
-BOXES_SCHEMA = pa.schema(
-    [
-        ("noun_id", pa.int64()),
-        ("caption_id", pa.int64()),
-        ("image_id", pa.int64()),
-        ("text", pa.string()),
-        ("box_index", pa.int32()),
-        ("found", pa.bool_()),
-        ("x0", pa.float32()),
-        ("y0", pa.float32()),
-        ("x1", pa.float32()),
-        ("y1", pa.float32()),
-        ("score", pa.float32()),
-        ("phrase", pa.string()),
-    ]
-)
+
+@dataclass(frozen=True)
+class GroundConfig:
+    """The ``ground`` section of params.yaml."""
+
+    config: str = "models/tiny/groundingdino/config.py"
+    checkpoint: str = "models/tiny/groundingdino/groundingdino_tiny.pth"
+    text_encoder: str = "models/tiny/bert"
+    box_threshold: float = 0.25
+    text_threshold: float = 0.25
+    image_size: int = 320
+    max_size: int = 533
+    batch_size: int = 4
+    shard_size: int = 16
+    device: str = "auto"
+    out_dir: str = "data/ground"
+
+    def validate(self) -> None:
+        for name in ("box_threshold", "text_threshold"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"ground.{name} must be in [0, 1), got {value}")
+        for name in ("image_size", "max_size", "batch_size", "shard_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ground.{name} must be positive, got {getattr(self, name)}")
+        if self.max_size < self.image_size:
+            raise ValueError(f"ground.max_size ({self.max_size}) < ground.image_size ({self.image_size})")
+        for name in ("config", "checkpoint", "text_encoder", "out_dir"):
+            if not getattr(self, name):
+                raise ValueError(f"ground.{name} is empty")
 
 
 def _ground_fields(cfg: GroundConfig) -> dict:
@@ -62,6 +80,15 @@ def _ground_fields(cfg: GroundConfig) -> dict:
         "max_size": cfg.max_size,
         "shard_size": cfg.shard_size,
     }
+
+
+def ground_fingerprint(cfg: GroundConfig, captions_path: str | Path, nouns_path: str | Path,
+                       images: list[str]) -> str:
+    """What the shards are keyed by: the params, the code, and the bytes of every input (tables,
+    images, config, checkpoint, text encoder folder)."""
+    inputs = inputs_digest(captions_path, nouns_path, *images, resolve_config_path(cfg.config), cfg.checkpoint,
+                           cfg.text_encoder)
+    return fingerprint(_ground_fields(cfg), inputs, code_digest(__name__))
 
 
 def run_ground(cfg: GroundConfig, captions_path: str | Path, nouns_path: str | Path) -> dict | None:
@@ -104,7 +131,7 @@ def run_ground(cfg: GroundConfig, captions_path: str | Path, nouns_path: str | P
                 rows.extend(_rows_for_image(by_image[image_id], phrases, dets))
         return pa.Table.from_pylist(rows, schema=BOXES_SCHEMA), rejects_table("ground", rejects)
 
-    fp = fingerprint(_ground_fields(cfg), file_digest(captions_path, nouns_path))
+    fp = ground_fingerprint(cfg, captions_path, nouns_path, [image_paths[i] for i in items])
     out = Path(cfg.out_dir)
     result = run_sharded("ground", items, cfg.shard_size, shard, out / "boxes", fp, BOXES_SCHEMA, world)
     if result is None:

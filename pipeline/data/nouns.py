@@ -33,9 +33,10 @@ from typing import Iterable, Iterator, Sequence
 import pyarrow as pa
 from tqdm import tqdm
 
-from pipeline.config import ConfigError
-from pipeline.tables import read_table, rejects_table, write_json, write_table
-from pipeline.tokens import CaptionTokenizer, noun_token_indices
+from pipeline.core.config import ConfigError
+from pipeline.core.schemas import NOUNS_SCHEMA
+from pipeline.core.tables import read_table, rejects_table, write_json, write_table
+from pipeline.data.tokens import CaptionTokenizer, noun_token_indices
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +47,6 @@ MAX_NOUNS_PER_CAPTION = 1000
 TAGGER_COMPONENTS = ("tok2vec", "tagger")
 
 CAPTION_COLUMNS = ("image_id", "caption_id", "caption")
-
-NOUNS_SCHEMA = pa.schema(
-    [
-        ("noun_id", pa.int64()),
-        ("caption_id", pa.int64()),
-        ("image_id", pa.int64()),
-        ("noun_index", pa.int32()),
-        ("text", pa.string()),
-        ("lemma", pa.string()),
-        ("start", pa.int32()),
-        ("end", pa.int32()),
-        ("token_indices", pa.list_(pa.int32())),
-        ("truncated", pa.bool_()),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -284,7 +270,7 @@ def build_nouns(
 def run_nouns(cfg: NounsConfig, captions_path: str | Path, progress: bool = True) -> dict:
     """The ``nouns`` stage: read the captions table, write ``out_dir``/nouns.parquet,
     rejects.parquet and summary.json (atomically); return the summary."""
-    from pipeline.clip_tokenizer import load_clip_tokenizer
+    from pipeline.models.clip_tokenizer import load_clip_tokenizer
 
     captions = read_table(captions_path, columns=list(CAPTION_COLUMNS))
     nlp = load_tagger(cfg.spacy_model)

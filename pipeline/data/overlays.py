@@ -19,9 +19,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-from .images import load_rgb
-from .masks import decode_rle
-from .tables import read_table, write_bytes
+from pipeline.core.images import load_rgb
+from pipeline.core.masks import decode_rle
+from pipeline.core.tables import read_table, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class OverlaySource:
 
     def nouns(self, image_id: int) -> list[NounView]:
         """Distinct noun phrases of an image (lower-cased), with boxes and union mask."""
-        from .grounding import normalize_phrase
+        from pipeline.data.phrase_boxes import normalize_phrase
 
         views: dict[str, NounView] = {}
         seen_boxes: dict[str, set] = defaultdict(set)

@@ -25,7 +25,7 @@ Neither is an error: ``input_nouns = matched + unmatched + no_instance_in_image`
 ``SYNONYMS`` holds only words that name one COCO category in COCO captions (or, for "bike",
 two, tried in order); words such as "bag", "glass", "bat" or "light" are left out.
 
-Outputs: ``out_dir/masks/part-00000.parquet`` (``pipeline.masks.MASKS_SCHEMA``, one row per
+Outputs: ``out_dir/masks/part-00000.parquet`` (``pipeline.core.schemas.MASKS_SCHEMA``, one row per
 matched noun, so readers treat it like ``segment``'s shard folder) and ``out_dir/summary.json``.
 """
 
@@ -42,9 +42,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .config import ConfigError
-from .masks import MASKS_SCHEMA, coco_segmentation_to_mask, encode_rle
-from .tables import read_table, write_json, write_table
+from pipeline.core.config import ConfigError
+from pipeline.core.masks import coco_segmentation_to_mask, encode_rle
+from pipeline.core.schemas import MASKS_SCHEMA
+from pipeline.core.tables import read_table, write_json, write_table
 
 log = logging.getLogger(__name__)
 

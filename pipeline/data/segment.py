@@ -5,7 +5,7 @@ in one batched call (one mask per box). A noun's mask is the union of its boxes'
 Nouns without a box get no mask (the boxes table records them); images that cannot be
 read are rejected with all their nouns.
 
-Masks table (``data/segment/masks/part-*.parquet``, schema ``pipeline.masks.MASKS_SCHEMA``),
+Masks table (``data/segment/masks/part-*.parquet``, schema ``pipeline.core.schemas.MASKS_SCHEMA``),
 one row per noun occurrence with at least one box, the mask as compressed COCO RLE.
 With ``export_png``, every mask is also written as ``png/<image_id>/<noun_id>_<text>.png``
 and every image gets an overlay ``overlays/<image_id>.png`` (caption, nouns, boxes, masks).
@@ -16,24 +16,63 @@ from __future__ import annotations
 import logging
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from .config import fingerprint
-from .devices import resolve_device
-from .images import load_rgb
-from .masks import MASKS_SCHEMA, decode_rle, encode_rle, mask_to_png_bytes
-from .segmentation import SegmentConfig, load_sam, segment_image, union_masks
-from .shards import World, file_digest, run_sharded
-from .tables import read_table, rejects_table, write_bytes, write_json, write_table
+from pipeline.core.code import code_digest
+from pipeline.core.config import fingerprint
+from pipeline.core.devices import resolve_device
+from pipeline.core.images import load_rgb
+from pipeline.core.masks import decode_rle, encode_rle, mask_to_png_bytes
+from pipeline.core.schemas import MASKS_SCHEMA
+from pipeline.core.shards import World, inputs_digest, run_sharded
+from pipeline.core.tables import (
+    read_table,
+    rejects_table,
+    write_bytes,
+    write_json,
+    write_table,
+)
+from pipeline.data.sam_masks import segment_image, union_masks
+from pipeline.models.sam import CONFIG_NAME, MODEL_TYPES, ModelType, load_sam
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class SegmentConfig:
+    """``segment`` section of params.yaml."""
+
+    model_type: ModelType           # vit_h | vit_l | vit_b (official checkpoints) | tiny (demo)
+    checkpoint: str                 # a raw SAM state dict (.pth); tiny: config.json beside it
+    shard_size: int                 # images per output shard
+    device: str                     # auto | cpu | cuda | cuda:N
+    export_png: bool                # also write every mask as a PNG for inspection
+    out_dir: str
+
+    def validate(self) -> None:
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"segment.model_type {self.model_type!r} not in {list(MODEL_TYPES)}")
+        if self.shard_size <= 0:
+            raise ValueError(f"segment.shard_size must be positive, got {self.shard_size}")
+        if not self.checkpoint:
+            raise ValueError("segment.checkpoint is empty")
+
+
 def _segment_fields(cfg: SegmentConfig) -> dict:
     return {"model_type": cfg.model_type, "checkpoint": cfg.checkpoint, "shard_size": cfg.shard_size}
+
+
+def segment_fingerprint(cfg: SegmentConfig, captions_path: str | Path, boxes_path: str | Path,
+                        images: list[str]) -> str:
+    """What the shards are keyed by: the params, the code, and the bytes of every input (tables,
+    images, the checkpoint and, for the tiny model, its config.json)."""
+    weights = [cfg.checkpoint] + ([Path(cfg.checkpoint).parent / CONFIG_NAME] if cfg.model_type == "tiny" else [])
+    inputs = inputs_digest(captions_path, boxes_path, *images, *weights)
+    return fingerprint(_segment_fields(cfg), inputs, code_digest(__name__))
 
 
 def run_segment(cfg: SegmentConfig, captions_path: str | Path, boxes_path: str | Path) -> dict | None:
@@ -67,7 +106,7 @@ def run_segment(cfg: SegmentConfig, captions_path: str | Path, boxes_path: str |
             rows.extend(_masks_for_image(predictor, image, image_boxes))
         return pa.Table.from_pylist(rows, schema=MASKS_SCHEMA), rejects_table("segment", rejects)
 
-    fp = fingerprint(_segment_fields(cfg), file_digest(captions_path, boxes_path))
+    fp = segment_fingerprint(cfg, captions_path, boxes_path, [image_paths[i] for i in items])
     out = Path(cfg.out_dir)
     result = run_sharded("segment", items, cfg.shard_size, shard, out / "masks", fp, MASKS_SCHEMA, world)
     if result is None:
@@ -78,7 +117,7 @@ def run_segment(cfg: SegmentConfig, captions_path: str | Path, boxes_path: str |
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     if cfg.export_png:
         export_pngs(masks, out / "png")
-        from .viz import render_all_overlays
+        from pipeline.data.overlays import render_all_overlays
 
         render_all_overlays(captions_path, boxes_path, out / "masks", out / "overlays")
     summary = _summary(boxes, masks, result.rejects.num_rows, len(items))

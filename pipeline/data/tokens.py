@@ -36,10 +36,11 @@ from typing import Sequence
 import ftfy
 from transformers import CLIPTokenizer
 
-from pipeline.clip_tokenizer import BOS_ID, EOS_ID, MODEL_MAX_LENGTH
-
-MAX_LENGTH = MODEL_MAX_LENGTH
-LAST_CONTENT_POSITION = MAX_LENGTH - 2  # 75: start token at 0, end token at 76
+from pipeline.models.clip_tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    MODEL_MAX_LENGTH,
+)
 
 _WHITESPACE = re.compile(r"\s")
 
@@ -55,7 +56,7 @@ class CaptionEncoding:
     ids: list[int]
     spans: list[tuple[int, int]]
 
-    def input_ids(self, max_length: int = MAX_LENGTH) -> list[int]:
+    def input_ids(self, max_length: int = MODEL_MAX_LENGTH) -> list[int]:
         """The model's input ids: start + first ``max_length - 2`` tokens + end (unpadded)."""
         return [BOS_ID, *self.ids[: max_length - 2], EOS_ID]
 
@@ -141,7 +142,7 @@ class CaptionTokenizer:
 
 
 def span_token_indices(
-    encoding: CaptionEncoding, start: int, end: int, max_length: int = MAX_LENGTH
+    encoding: CaptionEncoding, start: int, end: int, max_length: int = MODEL_MAX_LENGTH
 ) -> tuple[list[int], bool]:
     """Positions (start token = 0) of the tokens overlapping chars ``[start, end)``.
 
@@ -158,7 +159,7 @@ def noun_token_indices(
     tokenizer: CaptionTokenizer,
     captions: Sequence[str],
     noun_spans: Sequence[Sequence[tuple[int, int]]],
-    max_length: int = MAX_LENGTH,
+    max_length: int = MODEL_MAX_LENGTH,
 ) -> list[list[tuple[list[int], bool]]]:
     """For a batch of captions and their nouns' char spans: ``[[(indices, truncated), ...], ...]``.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.config import ConfigError
+from pipeline.core.config import ConfigError
 
 MAX_CAPTIONS_PER_IMAGE = 10
 

@@ -12,12 +12,12 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from pipeline.core.tables import write_bytes, write_json
 from pipeline.demo.captions import TEMPLATES, make_caption
 from pipeline.demo.config import DemoDataConfig
 from pipeline.demo.kinds import categories
 from pipeline.demo.scene import _draw_image
 from pipeline.demo.segmentation import _compressed_rle, _decode, segmentation_for
-from pipeline.tables import write_bytes, write_json
 
 CAPTIONS_FILE = "annotations/captions_train.json"
 INSTANCES_FILE = "annotations/instances_train.json"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .config import ConfigError
-from .generation import GenerationConfig
+from pipeline.core.config import ConfigError
+from pipeline.evaluate.generation import GenerationConfig
 
 
 @dataclass(frozen=True)

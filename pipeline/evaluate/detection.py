@@ -42,25 +42,18 @@ truncated (its end-of-text token kept), with a warning.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from PIL import Image
 
+from pipeline.models.owl import KINDS, DetectorKind, load_owl
+
 log = logging.getLogger(__name__)
 
 QUERY_TEMPLATE = "a photo of a {}"
-DetectorKind = Literal["owlv2", "owlvit"]
-KINDS: tuple[str, ...] = ("owlv2", "owlvit")
-
-#: ``org/name`` hub ids (no leading ``.``, ``/`` or ``~``).
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
 @dataclass(frozen=True)
 class Detection:
     """One kept box: ``label`` indexes the image's category list, ``box`` is (x0, y0, x1, y1) in pixels."""
@@ -68,37 +61,6 @@ class Detection:
     label: int
     score: float
     box: tuple[float, float, float, float]
-
-
-def _classes(kind: str):
-    """(model class, processor class) for a detector kind."""
-    from transformers import Owlv2ForObjectDetection, Owlv2Processor, OwlViTForObjectDetection, OwlViTProcessor
-
-    if kind == "owlv2":
-        return Owlv2ForObjectDetection, Owlv2Processor
-    if kind == "owlvit":
-        return OwlViTForObjectDetection, OwlViTProcessor
-    raise ValueError(f"detector kind {kind!r} not in {list(KINDS)}")
-
-
-def resolve_source(name_or_path: str | Path) -> str:
-    """A local detector folder (must hold config.json) or an ``org/name`` hub id, else FileNotFoundError.
-
-    A name that does not exist locally counts as a hub id only if it looks like one and its
-    first component is not a local folder (``models/owl`` with ``models/`` present is a
-    missing local folder, not a hub id).
-    """
-    name = str(name_or_path)
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} is not a detector folder: no config.json")
-        return str(path)
-    if _HUB_ID.fullmatch(name) and not Path(name.split("/")[0]).exists():
-        return name
-    raise FileNotFoundError(
-        f"detector folder not found: {path} (nor a hub id like google/owlv2-large-patch14-ensemble)"
-    )
 
 
 def boxes_to_pixels(boxes: torch.Tensor, width: int, height: int, kind: str) -> torch.Tensor:
@@ -156,19 +118,10 @@ class Detector:
     ) -> Detector:
         """Load ``*ForObjectDetection`` + ``*Processor`` with ``from_pretrained``.
 
-        ``name_or_path``: a local folder (``pipeline.tiny_owl``'s output or a downloaded
+        ``name_or_path``: a local folder (``pipeline.models.owl_tiny``'s output or a downloaded
         snapshot) or a hub id. ``kind`` must match the checkpoint's ``model_type``.
         """
-        from transformers import AutoConfig
-
-        model_cls, processor_cls = _classes(kind)
-        source = resolve_source(name_or_path)
-        config = AutoConfig.from_pretrained(source)
-        if config.model_type != kind:
-            raise ValueError(f"{source} holds a {config.model_type!r} model, not {kind!r}")
-        model = model_cls.from_pretrained(source, config=config)
-        model.to(device=device, dtype=dtype).eval()
-        processor = processor_cls.from_pretrained(source, use_fast=fast_processor)
+        model, processor, source = load_owl(name_or_path, kind, device, dtype, fast_processor)
         log.info(
             "loaded %s detector %s (%s, %s) on %s, %s", kind, source, type(processor.image_processor).__name__,
             type(processor.tokenizer).__name__, device, dtype,

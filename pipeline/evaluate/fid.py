@@ -30,9 +30,9 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from .coco import check_rows, read_coco
-from .data import crop_box
-from .images import load_rgb
+from pipeline.core.images import load_rgb
+from pipeline.data.captions import check_rows, read_coco
+from pipeline.train.dataset import crop_box
 
 log = logging.getLogger(__name__)
 

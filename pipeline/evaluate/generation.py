@@ -23,18 +23,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .shards import World, chunk
+from pipeline.core.shards import World, chunk
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-SCHEDULERS = {
-    "ddim": "DDIMScheduler",
-    "pndm": "PNDMScheduler",
-    "dpmsolver": "DPMSolverMultistepScheduler",
-    "euler": "EulerDiscreteScheduler",
-}
-
 
 @dataclass(frozen=True)
 class GenerationConfig:
@@ -72,32 +63,6 @@ class GenReport:
     def merge(self, other: "GenReport") -> "GenReport":
         return GenReport(self.generated + other.generated, self.reused + other.reused,
                          sorted((self.unreadable or []) + (other.unreadable or [])))
-
-
-def load_pipeline(pretrained: str, unet: str | None, device: str, cfg: GenerationConfig):
-    """A ``StableDiffusionPipeline`` from ``pretrained`` (hub id or folder) with ``unet`` swapped in.
-
-    ``unet``: a diffusers UNet folder (``config.json`` + weights), e.g. the ``train`` stage's
-    ``data/train/unet``; ``None`` keeps the pretrained UNet. The pipeline keeps the folder's
-    safety checker if it has one, as the official evaluation did.
-    """
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-
-    dtype = DTYPES[cfg.dtype]
-    kwargs = {}
-    if unet is not None:
-        folder = Path(unet)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"UNet folder {folder} not found (expected {folder}/config.json and weights)")
-        kwargs["unet"] = UNet2DConditionModel.from_pretrained(folder, torch_dtype=dtype)
-    pipe = StableDiffusionPipeline.from_pretrained(pretrained, torch_dtype=dtype, **kwargs)
-    if cfg.scheduler != "default":
-        import diffusers
-
-        cls = getattr(diffusers, SCHEDULERS[cfg.scheduler])
-        pipe.scheduler = cls.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
 
 
 def _readable(path: Path) -> bool | None:

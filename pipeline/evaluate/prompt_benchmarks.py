@@ -21,31 +21,19 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .config import fingerprint
-from .generation import GenerationConfig, GenItem, GenReport, generate_images
-from .multigen import Prompt, category_recall, image_seed, score
-from .shards import World, link_or_copy, partial_dir, run_sharded
-from .tables import read_table, rejects_table, write_table
+from pipeline.core.config import fingerprint
+from pipeline.core.schemas import DETECTIONS_SCHEMA, MANIFEST_SCHEMA
+from pipeline.core.shards import World, link_or_copy, partial_dir, run_sharded
+from pipeline.core.tables import read_table, rejects_table, write_table
+from pipeline.evaluate.generation import (
+    GenerationConfig,
+    GenItem,
+    GenReport,
+    generate_images,
+)
+from pipeline.evaluate.multigen import Prompt, category_recall, image_seed, score
 
 log = logging.getLogger(__name__)
-
-MANIFEST_SCHEMA = pa.schema([
-    ("key", pa.string()),            # image file stem: "<prompt_id>_<image_index>"
-    ("prompt_id", pa.int64()),
-    ("image_index", pa.int32()),
-    ("seed", pa.int64()),            # multigen.image_seed(evaluate.seed, prompt_id, image_index[, namespace])
-    ("text", pa.string()),
-    ("categories", pa.list_(pa.string())),
-])
-
-DETECTIONS_SCHEMA = pa.schema([
-    ("key", pa.string()),
-    ("prompt_id", pa.int64()),
-    ("image_index", pa.int32()),
-    ("label", pa.string()),          # the best-scoring query's category
-    ("score", pa.float32()),         # sigmoid score of that query, > keep_threshold
-    ("x0", pa.float32()), ("y0", pa.float32()), ("x1", pa.float32()), ("y1", pa.float32()),  # pixels
-])
 
 
 @dataclass(frozen=True)
@@ -135,7 +123,7 @@ def run_prompt_benchmark(bench: PromptBenchmark, pipe, model: str, model_digest:
 
     Returns ``{"scores": ..., "rejects": [...], "report": GenReport}`` on the main process, None elsewhere.
     """
-    from .detection import Detector
+    from pipeline.evaluate.detection import Detector
 
     items = bench.items(seed)
     image_fp = fingerprint(model_digest, gen, [(i.key, i.text, i.seed) for i in items])

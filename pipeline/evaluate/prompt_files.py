@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .config import ConfigError
-from .download import download, sha256_file
-from .multigen import read_prompts
-from .tables import write_json
+from pipeline.core.config import ConfigError
+from pipeline.core.download import download, sha256_file
+from pipeline.core.tables import write_json
+from pipeline.evaluate.multigen import read_prompts
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .attention import AttentionCapture
-from .train_logging import CELL, colormap, noun_heatmap
+from pipeline.train.attention import AttentionCapture
+from pipeline.train.heatmaps import CELL, colormap, noun_heatmap
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def render_prompt_heatmaps(image: Image.Image, maps: dict[int, torch.Tensor], la
     """One row: the sample, then each token's heatmap blended over it, the token's text under each.
 
     maps: ``{r: (r*r, 77)}`` (:func:`generation_attention`); labels: ``(position, text)``
-    (:func:`token_labels`). A heatmap is :func:`~pipeline.train_logging.noun_heatmap` of the
+    (:func:`token_labels`). A heatmap is :func:`~pipeline.train.heatmaps.noun_heatmap` of the
     token (groups upsampled and averaged, min-max normalised) through ``colormap``.
     Size: ``((1 + len(labels)) * cell, cell + LABEL_H)``.
     """

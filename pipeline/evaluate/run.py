@@ -27,14 +27,31 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .benchmarks import MANIFEST_SCHEMA, PromptBenchmark, check_vocabulary, publish_images, run_prompt_benchmark
-from .config import fingerprint
-from .devices import resolve_device
-from .eval_config import EvaluateConfig
-from .generation import GenItem, draw, generate_images, load_pipeline, save_png
-from .multigen import image_seed, make_prompts, read_prompts, visor_prompts
-from .shards import World, file_digest, partial_dir
-from .tables import REJECTS_SCHEMA, rejects_table, write_csv, write_json, write_table
+from pipeline.core.config import fingerprint
+from pipeline.core.devices import resolve_device
+from pipeline.core.schemas import MANIFEST_SCHEMA, REJECTS_SCHEMA
+from pipeline.core.shards import World, file_digest, partial_dir
+from pipeline.core.tables import rejects_table, write_csv, write_json, write_table
+from pipeline.evaluate.config import EvaluateConfig
+from pipeline.evaluate.generation import (
+    GenItem,
+    draw,
+    generate_images,
+    save_png,
+)
+from pipeline.evaluate.multigen import (
+    image_seed,
+    make_prompts,
+    read_prompts,
+    visor_prompts,
+)
+from pipeline.evaluate.prompt_benchmarks import (
+    PromptBenchmark,
+    check_vocabulary,
+    publish_images,
+    run_prompt_benchmark,
+)
+from pipeline.models.stable_diffusion import load_sd_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +89,7 @@ def benchmarks(cfg: EvaluateConfig) -> tuple[list[PromptBenchmark], list[tuple[s
 
 def fid_items(cfg: EvaluateConfig):
     """(pairs, items): the captions FID draws from and their generation items (seed namespace "fid")."""
-    from .fid import select_fid_pairs
+    from pipeline.evaluate.fid import select_fid_pairs
 
     pairs = select_fid_pairs(cfg.fid.captions, cfg.fid.images_dir, cfg.fid.num_images, cfg.seed)
     items = [GenItem(f"{p.image_id}_{p.caption_id}", p.caption, image_seed(cfg.seed, p.caption_id, 0, "fid"))
@@ -85,7 +102,7 @@ def run_fid(cfg: EvaluateConfig, pipe, model: str, digest: str, device: str, out
     """Draw one image per selected caption and compute FID against the captions' real images."""
     from PIL import Image
 
-    from .fid import FidMetric, reference_image
+    from pipeline.evaluate.fid import FidMetric, reference_image
 
     pairs, items = fid_items(cfg)
     fp = fingerprint(digest, cfg.generation, [(i.key, i.text, i.seed) for i in items])
@@ -111,16 +128,17 @@ def run_attention(cfg: EvaluateConfig, pipe) -> dict:
     """Attention share inside the mask and IoU of the thresholded map, on the held-out images."""
     from diffusers import DDPMScheduler
 
-    from .attention_metrics import evaluate_grounding
-    from .data import TokenComposeDataset, build_examples
-    from .tiny_sd import cross_attention_resolutions, vae_scale_factor
-    from .training import split_holdout
+    from pipeline.models.stable_diffusion import vae_scale_factor
+    from pipeline.train.attention import layer_resolutions
+    from pipeline.train.attention_metrics import evaluate_grounding
+    from pipeline.train.dataset import TokenComposeDataset, build_examples
+    from pipeline.train.loop import split_holdout
 
     a = cfg.attention
     examples, _, _ = build_examples(a.captions, a.nouns, a.masks, tokenizer=pipe.tokenizer)
     _, heldout = split_holdout(examples, a.holdout_images, a.seed)
     latent = a.resolution // vae_scale_factor(pipe.vae)
-    resolutions = sorted(set(cross_attention_resolutions(pipe.unet, latent).values()))
+    resolutions = sorted(set(layer_resolutions(pipe.unet, latent, a.blocks).values()))
     dataset = TokenComposeDataset(heldout, pipe.tokenizer, a.resolution, resolutions)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     result = evaluate_grounding(pipe.unet, pipe.vae, pipe.text_encoder, dataset, list(range(len(dataset))),
@@ -134,8 +152,13 @@ def write_figures(cfg: EvaluateConfig, pipe, bench: PromptBenchmark, images_dir:
     """A grid of MultiGen samples and per-token heatmaps of the first prompts."""
     from PIL import Image
 
-    from .prompt_heatmaps import generation_attention, render_grid, render_prompt_heatmaps, token_labels
-    from .viz import sample_grid
+    from pipeline.data.overlays import sample_grid
+    from pipeline.evaluate.prompt_heatmaps import (
+        generation_attention,
+        render_grid,
+        render_prompt_heatmaps,
+        token_labels,
+    )
 
     items = bench.items(cfg.seed)[: cfg.grid_images]
     tiles = [Image.open(images_dir / f"{it.key}.png").convert("RGB") for it in items]
@@ -166,7 +189,7 @@ def regenerate(cfg: EvaluateConfig, model: str, key: str, path: str | Path) -> P
     match = [it for it in items if it.key == item_key]
     if not match:
         raise KeyError(f"{key}: no such image in the {bench_name} benchmark")
-    pipe = load_pipeline(cfg.pretrained, cfg.model_unet(model), device, cfg.generation)
+    pipe = load_sd_pipeline(cfg.pretrained, cfg.model_unet(model), device, cfg.generation.dtype, cfg.generation.scheduler)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_png(draw(pipe, match, cfg.generation)[0], path)
@@ -179,7 +202,7 @@ def run_evaluate(cfg: EvaluateConfig, model: str) -> dict | None:
     world = World.from_accelerate(resolve_device(cfg.device))
     device = world.device
     t0 = time.perf_counter()
-    pipe = load_pipeline(cfg.pretrained, unet, device, cfg.generation)
+    pipe = load_sd_pipeline(cfg.pretrained, unet, device, cfg.generation.dtype, cfg.generation.scheduler)
     digest = model_digest(cfg.pretrained, unet)
     out = Path(cfg.out_dir) / model
     benches, rejects = benchmarks(cfg)

@@ -25,7 +25,9 @@ EOS = "<|endoftext|>"
 BOS_ID = 49406
 EOS_ID = 49407
 VOCAB_SIZE = 49408
-MODEL_MAX_LENGTH = 77
+MODEL_MAX_LENGTH = 77  # the text sequence: start token at 0, content at 1..75, end token
+#: the last position a caption's content token can take (75): start at 0, end token after it
+LAST_CONTENT_POSITION = MODEL_MAX_LENGTH - 2
 NUM_MERGES = 49152 - 256 - 2  # 48,894, as in OpenAI's SimpleTokenizer
 
 # Strings on which the fast (Rust) tokenizer must give the slow one's ids before it is saved.

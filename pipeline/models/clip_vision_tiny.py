@@ -9,7 +9,7 @@
 
 so ``CLIPVisionModelWithProjection.from_pretrained(out_dir)`` and
 ``CLIPImageProcessor.from_pretrained(out_dir)`` load it through the same calls as real CLIP
-weights. It stands in for CLIP in ``pipeline.fid.FidMetric`` (FID in CLIP feature space) in
+weights. It stands in for CLIP in ``pipeline.evaluate.fid.FidMetric`` (FID in CLIP feature space) in
 tests and the demo profile.
 """
 
@@ -20,7 +20,11 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
 
 log = logging.getLogger(__name__)
 

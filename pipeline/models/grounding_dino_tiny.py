@@ -8,7 +8,7 @@
     out_dir/groundingdino/groundingdino_tiny.pth   {"model": state_dict}, torch.save
 
 so that the tiny model loads through exactly the code that loads the real
-``groundingdino_swint_ogc.pth`` + ``bert-base-uncased`` (``pipeline.grounding.load_grounding_dino``).
+``groundingdino_swint_ogc.pth`` + ``bert-base-uncased`` (``pipeline.models.grounding_dino.load_grounding_dino``).
 
 The WordPiece vocabulary is built offline from the whole English words of the CLIP BPE
 vocabulary that ships inside the open-clip-torch wheel (the real bert-base-uncased vocab is
@@ -53,6 +53,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.core.images import IMAGENET_MEAN, IMAGENET_STD
+
 log = logging.getLogger(__name__)
 
 BERT_CONFIG = dict(
@@ -87,8 +89,6 @@ CALIBRATION_PROMPTS = (
     "a man . surfboard . wave . umbrella . giraffe .",
 )
 CALIBRATION_SIZES = ((427, 320), (320, 427), (480, 320), (320, 320))  # (width, height)
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -199,7 +199,8 @@ def _calibration_images() -> list[torch.Tensor]:
                 x0, y0 = (torch.rand(2, generator=g) * torch.tensor([w * 0.7, h * 0.7])).int().tolist()
                 bw, bh = (torch.rand(2, generator=g) * torch.tensor([w * 0.5, h * 0.5]) + 16).int().tolist()
                 img[:, y0 : y0 + bh, x0 : x0 + bw] = torch.rand(3, 1, 1, generator=g)
-        images.append((img - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None])
+        mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+        images.append((img - mean) / std)
     return images
 
 
@@ -274,7 +275,7 @@ def build_tiny_grounding_dino(out_dir: str | Path, seed: int) -> dict[str, Path]
     BERT folder path as given (relative to the working directory if ``out_dir`` is
     relative); ``load_grounding_dino`` overrides it anyway. Same seed -> same state dict.
     """
-    from .grounding import quiet_groundingdino
+    from pipeline.models.grounding_dino import quiet_groundingdino
 
     out_dir = Path(out_dir)
     bert_dir = build_tiny_bert(out_dir / "bert", seed)

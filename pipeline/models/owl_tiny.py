@@ -10,7 +10,7 @@
                                         SD's CLIP BPE vocabulary (49,408 ids) as the OWL tokenizer:
                                         pad token "!" (id 0), model_max_length 16
 
-so :meth:`pipeline.detection.Detector.load` loads them through the same ``from_pretrained``
+so :meth:`pipeline.evaluate.detection.Detector.load` loads them through the same ``from_pretrained``
 calls as the real weights. The tokenizer settings are those of transformers' OWL conversion
 scripts (``CLIPTokenizer.from_pretrained(..., pad_token="!", model_max_length=16)``): the
 processors pad every query to 16 tokens with id 0, and the detection head treats a query
@@ -40,8 +40,8 @@ from transformers import (
     OwlViTProcessor,
 )
 
-from .clip_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE
-from .tables import write_json
+from pipeline.core.tables import write_json
+from pipeline.models.clip_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE
 
 log = logging.getLogger(__name__)
 

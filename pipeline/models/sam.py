@@ -1,51 +1,197 @@
-"""SAM: loading a checkpoint, box prompts -> masks, one image-encoder forward per image.
+"""SAM (segment-anything): the architecture, the strict weights-only loader, and its tiny twin.
 
 ``load_sam`` builds the architecture (``segment_anything``'s registry for the official
 ViT-H/L/B, ``config.json`` for the tiny demo model) and loads every checkpoint through the
-same strict, weights-only path. ``segment_image`` embeds an image once and decodes all of
-its boxes in one batched mask-decoder call (one mask per box, ``multimask_output=False``).
+same strict, weights-only path.
+
+The demo profile cannot download ``sam_vit_h_4b8939.pth``, so ``build_tiny_sam`` builds a SAM
+with the same architecture code (``Sam``, ``ImageEncoderViT``, ``PromptEncoder``,
+``MaskDecoder``, ``TwoWayTransformer``) and small numbers, and saves it in the official
+checkpoint format: a raw state dict written with ``torch.save``. ``config.json`` next to it
+holds the numbers, so ``load_sam`` rebuilds the architecture and then loads the weights through
+the same code as the real checkpoints. Box prompts -> masks: ``pipeline.data.sam_masks``.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import json
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
-import numpy as np
 import torch
-from segment_anything import SamPredictor, sam_model_registry
-from segment_anything.modeling import Sam
+from segment_anything import sam_model_registry
+from segment_anything.modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,
+)
 
-from .devices import resolve_device
-from .tiny_sam import CONFIG_NAME, build_sam, read_architecture
+from pipeline.core.config import from_dict
+from pipeline.core.devices import resolve_device
+from pipeline.core.tables import write_json
 
 log = logging.getLogger(__name__)
 
 ModelType = Literal["vit_h", "vit_l", "vit_b", "tiny"]
 MODEL_TYPES: tuple[str, ...] = ("vit_h", "vit_l", "vit_b", "tiny")
+CHECKPOINT_NAME = "sam_tiny.pth"
+CONFIG_NAME = "config.json"
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 @dataclass(frozen=True)
-class SegmentConfig:
-    """``segment`` section of params.yaml."""
+class SamArchitecture:
+    """The numbers that define a SAM built by ``segment_anything``'s classes.
 
-    model_type: ModelType           # vit_h | vit_l | vit_b (official checkpoints) | tiny (demo)
-    checkpoint: str                 # a raw SAM state dict (.pth); tiny: config.json beside it
-    shard_size: int                 # images per output shard
-    device: str                     # auto | cpu | cuda | cuda:N
-    export_png: bool                # also write every mask as a PNG for inspection
-    out_dir: str
+    The defaults are the tiny demo model: a 256 px input, a 16 x 16 image embedding with
+    32 channels, and low-resolution masks of 64 x 64.
+    """
+
+    image_size: int = 256
+    patch_size: int = 16
+    encoder_embed_dim: int = 64
+    encoder_depth: int = 2
+    encoder_num_heads: int = 2
+    encoder_global_attn_indexes: tuple[int, ...] = (1,)
+    encoder_window_size: int = 7
+    encoder_mlp_ratio: float = 4.0
+    prompt_embed_dim: int = 32
+    mask_in_chans: int = 8
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 64
+    decoder_num_heads: int = 2
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 32
 
     def validate(self) -> None:
-        if self.model_type not in MODEL_TYPES:
-            raise ValueError(f"segment.model_type {self.model_type!r} not in {list(MODEL_TYPES)}")
-        if self.shard_size <= 0:
-            raise ValueError(f"segment.shard_size must be positive, got {self.shard_size}")
-        if not self.checkpoint:
-            raise ValueError("segment.checkpoint is empty")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
+        if self.encoder_embed_dim % self.encoder_num_heads:
+            raise ValueError("encoder_embed_dim must be divisible by encoder_num_heads")
+        if self.prompt_embed_dim % 8:
+            raise ValueError("prompt_embed_dim must be divisible by 8 (mask decoder upscaling)")
+        if self.mask_in_chans % 4:
+            raise ValueError("mask_in_chans must be divisible by 4")
+        bad = [i for i in self.encoder_global_attn_indexes if not 0 <= i < self.encoder_depth]
+        if bad:
+            raise ValueError(f"encoder_global_attn_indexes {bad} outside [0, {self.encoder_depth})")
+
+    @property
+    def embedding_size(self) -> int:
+        """Side of the image embedding grid: ``image_size // patch_size``."""
+        return self.image_size // self.patch_size
+
+
+def build_sam(arch: SamArchitecture) -> Sam:
+    """Build a SAM with the architecture ``arch`` (weights as the constructors leave them)."""
+    arch.validate()
+    grid = arch.embedding_size
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=arch.encoder_depth,
+            embed_dim=arch.encoder_embed_dim,
+            img_size=arch.image_size,
+            mlp_ratio=arch.encoder_mlp_ratio,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=arch.encoder_num_heads,
+            patch_size=arch.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=tuple(arch.encoder_global_attn_indexes),
+            window_size=arch.encoder_window_size,
+            out_chans=arch.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=arch.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(arch.image_size, arch.image_size),
+            mask_in_chans=arch.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=arch.num_multimask_outputs,
+            transformer=TwoWayTransformer(
+                depth=arch.decoder_depth,
+                embedding_dim=arch.prompt_embed_dim,
+                mlp_dim=arch.decoder_mlp_dim,
+                num_heads=arch.decoder_num_heads,
+            ),
+            transformer_dim=arch.prompt_embed_dim,
+            iou_head_depth=arch.iou_head_depth,
+            iou_head_hidden_dim=arch.iou_head_hidden_dim,
+        ),
+        pixel_mean=list(PIXEL_MEAN),
+        pixel_std=list(PIXEL_STD),
+    )
+
+
+def read_architecture(config_path: str | Path) -> SamArchitecture:
+    """Read ``config.json`` written by :func:`build_tiny_sam`; unknown keys are errors."""
+    config_path = Path(config_path)
+    if not config_path.exists():
+        raise FileNotFoundError(
+            f"SAM architecture config not found: {config_path} "
+            f"(a 'tiny' checkpoint needs {CONFIG_NAME} next to it)"
+        )
+    data = json.loads(config_path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{config_path}: expected a JSON object")
+    data.pop("seed", None)
+    data.pop("model_type", None)
+    return from_dict(SamArchitecture, data, str(config_path))
+
+
+def init_tiny_sam(arch: SamArchitecture, seed: int) -> Sam:
+    """A SAM with seeded random weights; the caller's global RNG state is left untouched.
+
+    The encoder's absolute and relative position embeddings are zeros after construction;
+    they get small random values too, so that every tensor of the checkpoint carries weight.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sam = build_sam(arch)
+        with torch.no_grad():
+            for name, param in sam.image_encoder.named_parameters():
+                if name == "pos_embed" or name.endswith(("rel_pos_h", "rel_pos_w")):
+                    param.normal_(0.0, 0.02)
+    return sam.eval()
+
+
+def build_tiny_sam(out_dir: str | Path, seed: int = 0, arch: SamArchitecture | None = None) -> Path:
+    """Build, seed and save a tiny SAM; returns the checkpoint path.
+
+    Writes ``out_dir/sam_tiny.pth`` (a raw state dict, like the official checkpoints) and
+    ``out_dir/config.json`` (the architecture numbers, the seed and ``model_type: tiny``).
+    The same seed gives identical tensors.
+    """
+    arch = arch or SamArchitecture()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sam = init_tiny_sam(arch, seed)
+    state = {k: v.detach().clone().contiguous() for k, v in sam.state_dict().items()}
+    checkpoint = out_dir / CHECKPOINT_NAME
+    tmp = out_dir / f".{CHECKPOINT_NAME}.tmp"
+    try:
+        torch.save(state, tmp)
+        tmp.replace(checkpoint)
+    finally:
+        tmp.unlink(missing_ok=True)
+    config = {"model_type": "tiny", "seed": seed, **dataclasses.asdict(arch)}
+    config["encoder_global_attn_indexes"] = list(arch.encoder_global_attn_indexes)
+    write_json(config, out_dir / CONFIG_NAME)
+    n_params = sum(v.numel() for v in state.values())
+    log.info("tiny SAM: %d parameters, %.2f MB -> %s", n_params, checkpoint.stat().st_size / 1e6, checkpoint)
+    return checkpoint
 
 
 def _torch_device(device: str | torch.device) -> torch.device:
@@ -91,90 +237,3 @@ def load_sam(model_type: str, checkpoint: str | Path, device: str | torch.device
     n_params = sum(p.numel() for p in sam.parameters())
     log.info("SAM %s: %.1fM parameters from %s on %s", model_type, n_params / 1e6, checkpoint, target)
     return sam
-
-
-@dataclass
-class CallCounter:
-    """How many times a module's forward ran inside :func:`count_encoder_calls`."""
-
-    calls: int = 0
-
-
-@contextlib.contextmanager
-def count_encoder_calls(sam: Sam) -> Iterator[CallCounter]:
-    """Count forwards of ``sam.image_encoder`` inside the block (a forward hook, removed after)."""
-    counter = CallCounter()
-
-    def hook(module, inputs, output) -> None:  # noqa: ANN001 - torch hook signature
-        counter.calls += 1
-
-    handle = sam.image_encoder.register_forward_hook(hook)
-    try:
-        yield counter
-    finally:
-        handle.remove()
-
-
-def _check_inputs(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Validate and return ``(image, boxes)`` as C-contiguous ``(H, W, 3)`` uint8, ``(B, 4)`` float32."""
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) RGB image, got {getattr(image, 'shape', type(image))}")
-    if image.dtype != np.uint8:
-        raise TypeError(f"expected a uint8 image, got {image.dtype}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image has an empty side: {image.shape}")
-    boxes = np.ascontiguousarray(boxes, dtype=np.float32)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"expected (B, 4) xyxy boxes, got shape {boxes.shape}")
-    if not np.isfinite(boxes).all():
-        raise ValueError("boxes hold NaN or inf")
-    bad = np.flatnonzero((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))
-    if bad.size:
-        raise ValueError(f"boxes {bad.tolist()} have x1 < x0 or y1 < y0: {boxes[bad].tolist()}")
-    return np.ascontiguousarray(image), boxes
-
-
-def segment_image(predictor: SamPredictor, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """One image and its box prompts -> one mask per box.
-
-    image: ``(H, W, 3)`` uint8 RGB. boxes: ``(B, 4)`` xyxy in pixels of ``image``.
-    Returns ``(B, H, W)`` bool. The image encoder runs once (``set_image``); all B boxes go
-    through the prompt encoder and mask decoder in one batch. ``B == 0`` runs nothing.
-    """
-    image, boxes = _check_inputs(image, boxes)
-    height, width = image.shape[:2]
-    if len(boxes) == 0:
-        return np.zeros((0, height, width), dtype=bool)
-    with torch.inference_mode():
-        predictor.set_image(image)
-        box_t = torch.as_tensor(boxes, dtype=torch.float32, device=predictor.device)
-        box_t = predictor.transform.apply_boxes_torch(box_t, (height, width))
-        masks, _, _ = predictor.predict_torch(
-            point_coords=None,
-            point_labels=None,
-            boxes=box_t,
-            multimask_output=False,
-        )
-        predictor.reset_image()
-    # masks: (B, 1, H, W) bool
-    return masks[:, 0].cpu().numpy()
-
-
-def union_masks(masks: np.ndarray, groups: list[list[int]]) -> list[np.ndarray]:
-    """Per-box masks -> per-group unions (a noun's mask is the union of its boxes' masks).
-
-    masks: ``(B, H, W)`` bool. groups: for each noun, indices into the B boxes (non-empty).
-    Returns one ``(H, W)`` bool per group, in order.
-    """
-    masks = np.asarray(masks)
-    if masks.ndim != 3 or masks.dtype != np.bool_:
-        raise ValueError(f"expected (B, H, W) bool masks, got {masks.shape} {masks.dtype}")
-    out = []
-    for g, group in enumerate(groups):
-        if len(group) == 0:
-            raise ValueError(f"group {g} has no boxes")
-        idx = np.asarray(group, dtype=np.int64)
-        if idx.min() < 0 or idx.max() >= len(masks):
-            raise IndexError(f"group {g} indexes {group} outside [0, {len(masks)})")
-        out.append(np.logical_or.reduce(masks[idx], axis=0))
-    return out

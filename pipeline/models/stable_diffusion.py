@@ -1,6 +1,10 @@
-"""A tiny randomly initialised Stable Diffusion, saved as a full diffusers pipeline folder.
+"""Stable Diffusion: loading the real weights (hub id or folder) and the tiny random twin.
 
-``build_tiny_sd(out_dir, seed)`` writes what ``CompVis/stable-diffusion-v1-4`` holds on the hub::
+``load_sd_components`` (training: UNet, VAE, text encoder, tokenizer, noise scheduler) and
+``load_sd_pipeline`` (generation: a ``StableDiffusionPipeline`` with a UNet swapped in) take
+``CompVis/stable-diffusion-v1-4``, ``stabilityai/stable-diffusion-2-1`` or a local folder.
+
+The tiny twin: ``build_tiny_sd(out_dir, seed)`` writes what ``CompVis/stable-diffusion-v1-4`` holds on the hub::
 
     model_index.json
     tokenizer/      SD's real CLIP tokenizer (49,408 ids), built offline
@@ -22,7 +26,7 @@ UNet layout for the default 64 px images (latent 16 x 16)::
     up_blocks.1    CrossAttnUpBlock2D     8 x 8    2 cross-attention layers
     up_blocks.2    CrossAttnUpBlock2D    16 x 16   2 cross-attention layers
 
-``cross_attention_resolutions`` gives the same table for any UNet (SD 1.4 at 512 px: mid 8,
+``pipeline.train.attention.layer_resolutions`` gives the same table for any UNet (SD 1.4 at 512 px: mid 8,
 up 16/32/64, 1 + 3 + 3 + 3 = 10 layers).
 """
 
@@ -38,13 +42,27 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from .clip_tokenizer import BOS_ID, EOS_ID, MODEL_MAX_LENGTH, VOCAB_SIZE, build_clip_tokenizer, load_clip_tokenizer
-from .tables import write_json
+from pipeline.core.tables import write_json
+from pipeline.models.clip_tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    MODEL_MAX_LENGTH,
+    VOCAB_SIZE,
+    build_clip_tokenizer,
+    load_clip_tokenizer,
+)
 
 log = logging.getLogger(__name__)
 
 PredictionType = Literal["epsilon", "v_prediction"]
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "dpmsolver": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+}
 SD_SCALING_FACTOR = 0.18215
 
 
@@ -274,32 +292,33 @@ def load_sd_components(pretrained: str | Path, revision: str | None = None, vari
     )
 
 
+def load_sd_pipeline(pretrained: str, unet: str | None, device: str, dtype: str = "fp32", scheduler: str = "default"):
+    """A ``StableDiffusionPipeline`` from ``pretrained`` (hub id or folder) with ``unet`` swapped in.
+
+    ``unet``: a diffusers UNet folder (``config.json`` + weights), e.g. the ``train`` stage's
+    ``data/train/unet``; ``None`` keeps the pretrained UNet. The pipeline keeps the folder's
+    safety checker if it has one, as the official evaluation did. ``dtype``: a ``DTYPES`` key;
+    ``scheduler``: ``default`` (the folder's) or a ``SCHEDULERS`` key.
+    """
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    torch_dtype = DTYPES[dtype]
+    kwargs = {}
+    if unet is not None:
+        folder = Path(unet)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"UNet folder {folder} not found (expected {folder}/config.json and weights)")
+        kwargs["unet"] = UNet2DConditionModel.from_pretrained(folder, torch_dtype=torch_dtype)
+    pipe = StableDiffusionPipeline.from_pretrained(pretrained, torch_dtype=torch_dtype, **kwargs)
+    if scheduler != "default":
+        import diffusers
+
+        cls = getattr(diffusers, SCHEDULERS[scheduler])
+        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
 def vae_scale_factor(vae: AutoencoderKL) -> int:
     """Pixels per latent pixel along a side: ``2 ** (len(block_out_channels) - 1)`` (SD: 8)."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-def cross_attention_resolutions(unet: UNet2DConditionModel, latent_size: int) -> dict[str, int]:
-    """Supervised cross-attention layers -> the side of their square attention map.
-
-    Keys are module names of the ``attn2`` layers of the mid block and the up blocks, in
-    forward order (e.g. ``"up_blocks.1.attentions.0.transformer_blocks.0.attn2"``); values
-    are map sides (the map of a layer at side ``s`` has ``s * s`` query positions).
-    Down-block layers are not included (TokenCompose does not supervise them).
-    ``latent_size``: the latent side, ``resolution // vae_scale_factor(vae)``.
-    """
-    n_levels = len(unet.config.block_out_channels)
-    if latent_size % (2 ** (n_levels - 1)):
-        raise ValueError(f"latent size {latent_size} is not divisible by {2 ** (n_levels - 1)}")
-    deepest = latent_size // 2 ** (n_levels - 1)
-    found: list[tuple[tuple[int, ...], str, int]] = []
-    for name, _ in unet.named_modules():
-        if not name.endswith("attn2"):
-            continue
-        parts = name.split(".")
-        order = tuple(int(p) for p in parts if p.isdigit())
-        if parts[0] == "mid_block":
-            found.append(((0, *order), name, deepest))
-        elif parts[0] == "up_blocks":
-            found.append(((1, *order), name, deepest * 2 ** int(parts[1])))
-    return {name: side for _, name, side in sorted(found)}

@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .tables import write_json
+from pipeline.core.tables import write_json
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,12 @@ class DemoModelsConfig:
 
 def build_tiny_models(cfg: DemoModelsConfig) -> dict[str, str]:
     """Build every tiny model into ``cfg.out_dir``; returns {name: path}."""
-    from .clip_tokenizer import build_clip_tokenizer
-    from .tiny_clip_vision import build_tiny_clip_vision
-    from .tiny_grounding import build_tiny_grounding_dino
-    from .tiny_owl import build_tiny_owlv2, build_tiny_owlvit
-    from .tiny_sam import build_tiny_sam
-    from .tiny_sd import build_tiny_sd
+    from pipeline.models.clip_tokenizer import build_clip_tokenizer
+    from pipeline.models.clip_vision_tiny import build_tiny_clip_vision
+    from pipeline.models.grounding_dino_tiny import build_tiny_grounding_dino
+    from pipeline.models.owl_tiny import build_tiny_owlv2, build_tiny_owlvit
+    from pipeline.models.sam import build_tiny_sam
+    from pipeline.models.stable_diffusion import build_tiny_sd
 
     out = Path(cfg.out_dir)
     paths: dict[str, str] = {"clip_tokenizer": str(build_clip_tokenizer(out / "clip-tokenizer"))}

@@ -95,6 +95,32 @@ def supervised_layers(unet: torch.nn.Module, blocks: Iterable[str] = ("mid", "up
     return names
 
 
+def layer_resolutions(unet: torch.nn.Module, latent_size: int, blocks: Iterable[str] = ("mid", "up")) -> dict[str, int]:
+    """The supervised layers of ``blocks`` -> the side of their square attention map.
+
+    The one definition of the supervised resolution groups, read from the UNet's config (no
+    forward): ``down_blocks.i`` runs at ``latent_size / 2**i``, the mid block at the deepest
+    side ``latent_size / 2**(levels - 1)``, ``up_blocks.i`` at ``deepest * 2**i``. Keys are
+    :func:`supervised_layers` names in their order (SD 1.4 at 512 px, latent 64: mid 8, up 16,
+    32, 64). ``latent_size``: ``resolution // vae_scale_factor(vae)``.
+    """
+    n_levels = len(unet.config.block_out_channels)
+    if latent_size % (2 ** (n_levels - 1)):
+        raise ValueError(f"latent size {latent_size} is not divisible by {2 ** (n_levels - 1)}")
+    deepest = latent_size // 2 ** (n_levels - 1)
+    sides = {}
+    for name in supervised_layers(unet, blocks):
+        block, index = name.split(".")[:2]
+        if block == "down_blocks":
+            sides[name] = latent_size // 2 ** int(index)
+        elif block == "up_blocks":
+            sides[name] = deepest * 2 ** int(index)
+        else:
+            sides[name] = deepest
+    return sides
+
+
+
 class AttentionStore:
     """Cross-attention probabilities of the current UNet forward, one entry per layer.
 

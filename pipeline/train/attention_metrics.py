@@ -12,7 +12,7 @@ reports both, per group and overall; ``evaluate_attention_share`` is its share-o
 
 Which pairs count: a pair is a (noun, token) with ``noun_valid`` and ``token_valid`` true.
 The share counts every such pair, also at a resolution where the noun's mask has no pixel
-left (``data.py`` downsamples masks with ``> 0`` after non-antialiased bilinear resizing, so
+left (``train/dataset.py`` downsamples masks with ``> 0`` after non-antialiased bilinear resizing, so
 thin objects can vanish at small ``r`` while ``noun_valid`` stays true); its share there is 0,
 as before. The IoU skips those pairs at that resolution: with an empty mask the IoU says
 nothing about grounding (it is 0 for any non-empty prediction).
@@ -26,8 +26,8 @@ import math
 import torch
 from einops import rearrange
 
-from .attention import AttentionCapture
-from .data import collate
+from pipeline.train.attention import AttentionCapture
+from pipeline.train.dataset import collate
 
 log = logging.getLogger(__name__)
 

@@ -55,14 +55,13 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from transformers import CLIPTokenizer
 
-from .images import load_rgb
-from .masks import decode_rle, resize_mask
-from .tables import read_table
+from pipeline.core.images import load_rgb
+from pipeline.core.masks import decode_rle, resize_mask
+from pipeline.core.tables import read_table
+from pipeline.models.clip_tokenizer import LAST_CONTENT_POSITION, MODEL_MAX_LENGTH
 
 log = logging.getLogger(__name__)
 
-MAX_LENGTH = 77
-LAST_CONTENT_POSITION = MAX_LENGTH - 2
 
 CAPTION_COLUMNS = ["image_id", "caption_id", "path", "width", "height", "caption"]
 NOUN_COLUMNS = ["noun_id", "caption_id", "image_id", "text", "token_indices", "truncated"]
@@ -180,7 +179,7 @@ def build_examples(
             rejects.append((str(cid), *problem))
             count["nouns_of_rejected_captions"] += len(nouns_of[cid])
             continue
-        if tokenizer is not None and len(tokenizer.tokenize(cap["caption"])) + 2 > MAX_LENGTH:
+        if tokenizer is not None and len(tokenizer.tokenize(cap["caption"])) + 2 > MODEL_MAX_LENGTH:
             count["long_captions"] += 1
         targets = []
         for n in sorted(nouns_of[cid], key=lambda r: r["noun_id"]):
@@ -279,9 +278,9 @@ class TokenComposeDataset(Dataset):
             raise ValueError(
                 f"latent_resolutions must be distinct sides in (0, {resolution}], got {list(latent_resolutions)}"
             )
-        if tokenizer.model_max_length != MAX_LENGTH:
+        if tokenizer.model_max_length != MODEL_MAX_LENGTH:
             raise ValueError(
-                f"expected SD's tokenizer with model_max_length {MAX_LENGTH}, got {tokenizer.model_max_length}"
+                f"expected SD's tokenizer with model_max_length {MODEL_MAX_LENGTH}, got {tokenizer.model_max_length}"
             )
         self.examples = list(examples)
         self.tokenizer = tokenizer
@@ -297,7 +296,7 @@ class TokenComposeDataset(Dataset):
 
     def input_ids(self, caption: str) -> torch.Tensor:
         """``(77,)`` long: start, tokens (truncated to 75), end, padding with the end token."""
-        ids = self.tokenizer(caption, padding="max_length", max_length=MAX_LENGTH, truncation=True,
+        ids = self.tokenizer(caption, padding="max_length", max_length=MODEL_MAX_LENGTH, truncation=True,
                              return_tensors="pt").input_ids
         return ids[0]
 

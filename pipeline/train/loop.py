@@ -35,15 +35,23 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .attention import AttentionCapture
-from .attention_metrics import evaluate_attention_share
-from .checkpoints import checkpoint_last_values, checkpoint_step, latest_checkpoint, load_optimizer, save_checkpoint
-from .config import ConfigError, fingerprint
-from .data import TokenComposeDataset, build_examples, collate
-from .devices import resolve_device
-from .losses import grounding_losses, total_loss
-from .shards import file_digest
-from .tiny_sd import load_sd_components, vae_scale_factor
+from pipeline.core.code import code_digest
+from pipeline.core.config import ConfigError, fingerprint
+from pipeline.core.devices import resolve_device
+from pipeline.core.shards import inputs_digest
+from pipeline.core.tables import read_table
+from pipeline.models.stable_diffusion import load_sd_components, vae_scale_factor
+from pipeline.train.attention import AttentionCapture, layer_resolutions
+from pipeline.train.attention_metrics import evaluate_attention_share
+from pipeline.train.checkpoints import (
+    checkpoint_last_values,
+    checkpoint_step,
+    latest_checkpoint,
+    load_optimizer,
+    save_checkpoint,
+)
+from pipeline.train.dataset import TokenComposeDataset, build_examples, collate
+from pipeline.train.losses import grounding_losses, total_loss
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +110,17 @@ _RESUMABLE = ("max_train_steps", "checkpointing_steps", "checkpoints_total_limit
               "heatmap_captions", "num_workers", "device", "out_dir")
 
 
-#: the code whose change makes old checkpoints another run (a fixed loss must retrain)
-_TRAINING_CODE = ("training.py", "losses.py", "attention.py", "data.py")
+def run_fingerprint(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Path) -> str:
+    """Settings, input bytes and training code: a checkpoint resumes only the run that wrote it.
 
-
-def run_fingerprint(cfg: TrainConfig, *input_paths: str | Path) -> str:
-    """Settings, input bytes and training code: a checkpoint resumes only the run that wrote it."""
+    Inputs: the captions, nouns and masks tables, every image the captions name, the pretrained
+    model (its folder's bytes, or a hub id and ``revision``); code: every project module training
+    runs (``pipeline.core.code``), so a fixed loss or mask resize retrains from scratch.
+    """
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RESUMABLE}
-    code = [Path(__file__).with_name(name) for name in _TRAINING_CODE]
-    return fingerprint(fields, file_digest(*input_paths), file_digest(*code))
+    images = sorted(set(read_table(captions_path, columns=["path"]).column("path").to_pylist()))
+    inputs = inputs_digest(captions_path, nouns_path, cfg.masks, cfg.pretrained, *images)
+    return fingerprint(fields, inputs, code_digest(__name__))
 
 
 def _generator(seed: int, *keys: int) -> torch.Generator:
@@ -163,14 +173,14 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
     """Train; returns a summary on the main process (None on the others)."""
     from accelerate import Accelerator
 
-    from .train_logging import TrainLogger
+    from pipeline.train.live import TrainLogger
 
     device = resolve_device(cfg.device)
     accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(cfg.mixed_precision, cfg.mixed_precision),
                               cpu=device == "cpu")
     world, rank = accelerator.num_processes, accelerator.process_index
     out = Path(cfg.out_dir)
-    fp = run_fingerprint(cfg, captions_path, nouns_path, cfg.masks)
+    fp = run_fingerprint(cfg, captions_path, nouns_path)
 
     parts = load_sd_components(cfg.pretrained, revision=cfg.revision)
     examples, rejects, data_summary = build_examples(captions_path, nouns_path, cfg.masks, tokenizer=parts.tokenizer)
@@ -183,7 +193,7 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
 
     latent = cfg.resolution // vae_scale_factor(vae)
     capture = AttentionCapture(unet, blocks=cfg.attn_blocks)
-    resolutions = _probe_resolutions(unet, capture, latent, text_encoder.config.hidden_size)
+    resolutions = sorted(set(layer_resolutions(unet, latent, cfg.attn_blocks).values()))
     dataset = TokenComposeDataset(examples, parts.tokenizer, cfg.resolution, resolutions)
     heldout_set = TokenComposeDataset(heldout, parts.tokenizer, cfg.resolution, resolutions) if heldout else None
     order = ExampleOrder(len(dataset), cfg.seed)
@@ -332,7 +342,7 @@ def _check_finite(accelerator, loss: torch.Tensor, step: int, batch: dict, out: 
     if accelerator.num_processes > 1:
         flag = accelerator.reduce(flag, reduction="sum")
     if float(flag) > 0:
-        from .checkpoints import list_checkpoints
+        from pipeline.train.checkpoints import list_checkpoints
 
         ckpts = list_checkpoints(out / "checkpoints")
         good = str(ckpts[-1][1]) if ckpts else "none yet"
@@ -360,19 +370,6 @@ def _broadcast_path(accelerator, path: Path | None) -> Path | None:
     box = [str(path) if path else None]
     broadcast_object_list(box, from_process=0)
     return Path(box[0]) if box[0] else None
-
-
-def _probe_resolutions(unet, capture, latent: int, text_dim: int) -> list[int]:
-    """The supervised layers' attention resolutions, from one small forward."""
-    with torch.no_grad(), capture.active(True):
-        x = torch.zeros(1, unet.config.in_channels, latent, latent, device=unet.device, dtype=unet.dtype)
-        unet(x, torch.zeros(1, dtype=torch.long, device=unet.device),
-             torch.zeros(1, 77, text_dim, device=unet.device, dtype=unet.dtype))
-        res = sorted(capture.groups())
-    capture.clear()
-    if not res:
-        raise ValueError(f"no cross-attention layers in blocks {capture.blocks}")
-    return res
 
 
 def _heatmap_rows(cfg, dataset, indices, unet, vae, text_encoder, scheduler, capture, weight_dtype):

@@ -27,8 +27,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .masks import resize_mask  # noqa: F401  (re-exported: the losses' mask semantics)
-
 MODES = ("official", "paper")
 
 
