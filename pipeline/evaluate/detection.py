@@ -147,13 +147,16 @@ class Detector:
         return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
 
     def text_embeddings(self, queries: Sequence[str]) -> torch.Tensor:
-        """(len(queries), D) L2-normalised query embeddings; each distinct query is encoded once."""
-        missing = list(dict.fromkeys(q for q in queries if q not in self._text_cache))
-        if missing:
+        """(len(queries), D) L2-normalised query embeddings; each distinct query is encoded once.
+
+        Each query is encoded alone: a batched forward rounds differently with the batch's size
+        and company, which would make a query's scores depend on which queries were cached
+        before (a resumed run would then differ from an uninterrupted one in the last bits).
+        """
+        for q in dict.fromkeys(q for q in queries if q not in self._text_cache):
             with torch.inference_mode():
-                feats = self.model.base_model.get_text_features(**self._tokenize(missing))  # (M, D)
-            feats = feats / torch.linalg.norm(feats, ord=2, dim=-1, keepdim=True)
-            self._text_cache.update(zip(missing, feats))
+                feats = self.model.base_model.get_text_features(**self._tokenize([q]))  # (1, D)
+            self._text_cache[q] = (feats / torch.linalg.norm(feats, ord=2, dim=-1, keepdim=True))[0]
         return torch.stack([self._text_cache[q] for q in queries])
 
     # ------------------------------------------------------------------ detection
