@@ -292,6 +292,12 @@ class NounExtractor:
     def _is_head(self, token) -> bool:
         if not self._noun_like(token):
             return False
+        if (  # "A sheep grazes in ...": a singular article on a plural noun after a noun is a verb
+            self._parsed and token.tag_ == "NNS" and token.lower_.endswith("s") and token.i > 0
+            and token.doc[token.i - 1].tag_ in NOUN_TAGS
+            and any(c.dep_ == "det" and c.lower_ in ("a", "an") for c in token.children)
+        ):
+            return False
         if self._parsed and _is_ing_verb(token):
             if token.dep_ in _CLAUSE_DEPS or any(c.dep_ in ("dobj", "prt") for c in token.children):
                 return False
@@ -323,8 +329,7 @@ class NounExtractor:
             if not self._is_head(tok):
                 continue
             # a noun modifying a noun on its right belongs to that noun's phrase
-            if tok.dep_ in ("compound", "amod", "nmod") and tok.head.i > tok.i and self._is_head(tok.head) \
-                    and all(self._joins(doc[k]) for k in range(tok.i + 1, tok.head.i)):
+            if self._attached_right(tok):
                 continue
             a = tok.i
             while a - 1 >= 0:
@@ -354,9 +359,19 @@ class NounExtractor:
             out.append((a, tok.i + 1))
         return self._widen_words(doc, sorted(out), word)
 
-    @staticmethod
-    def _joins(token) -> bool:
-        return token.is_space or token.text == "-"
+    def _attached_right(self, tok) -> bool:
+        """Is ``tok`` a left modifier (through a chain of modifiers) of a noun head on its right?"""
+        h = tok
+        while h.dep_ in ("compound", "amod", "nmod") and h.head.i > h.i:
+            h = h.head
+        if h is tok or not self._is_head(h):
+            return False
+        doc = tok.doc
+        return all(
+            doc[k].is_space or doc[k].text == "-"
+            or (doc[k].dep_ in ("compound", "amod", "nmod") and doc[k].i < doc[k].head.i <= h.i)
+            for k in range(tok.i + 1, h.i)
+        )
 
     def _modifies(self, left, doc, a, head) -> bool:
         """Is ``left`` (just before the phrase ``doc[a:head+1]``) a noun modifier of it?"""
@@ -435,8 +450,17 @@ class NounExtractor:
 
     def pipe(self, texts: Iterable[str], batch_size: int = 512) -> Iterator[list[NounSpan]]:
         """Nouns of each text, in order (``nlp.pipe`` batches of ``batch_size``)."""
-        for doc in self.nlp.pipe(texts, batch_size=batch_size):
-            yield self.from_doc(doc)
+        # an all-capitals caption is tagged lower-cased (the tagger reads capitals as names)
+        def lowered(text: str) -> str:
+            low = text.lower()
+            return low if text.isupper() and len(low) == len(text) else text
+
+        texts = list(texts)
+        for text, doc in zip(texts, self.nlp.pipe([lowered(t) for t in texts], batch_size=batch_size)):
+            nouns = self.from_doc(doc)
+            if doc.text != text:
+                nouns = [NounSpan(text[n.start: n.end], n.lemma, n.start, n.end) for n in nouns]
+            yield nouns
 
 
 def extract_nouns(nlp, texts: Sequence[str], batch_size: int = 512) -> list[list[NounSpan]]:
