@@ -52,7 +52,12 @@ from tqdm import tqdm
 
 from pipeline.config import ConfigError
 from pipeline.tables import read_table, rejects_table, write_json, write_table
-from pipeline.tokens import CaptionTokenizer, noun_token_indices
+from pipeline.tokens import (
+    LAST_CONTENT_POSITION,
+    CaptionTokenizer,
+    official_token_indices,
+    span_token_indices,
+)
 
 log = logging.getLogger(__name__)
 
@@ -468,18 +473,79 @@ def extract_nouns(nlp, texts: Sequence[str], batch_size: int = 512) -> list[list
     return list(NounExtractor(nlp).pipe(texts, batch_size=batch_size))
 
 
+def _official_entries(raw: str | None) -> list[tuple[str, bool]] | None:
+    """``official_nouns`` JSON -> ``[(noun, has_mask), ...]``; None when absent or malformed.
+
+    Entries are strings (the captions stage keeps the nouns only: mask assumed present) or
+    ``[noun, mask path or null]`` pairs as in metadata.jsonl's ``attn_list``.
+    """
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except (TypeError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, list):
+        return None
+    out = []
+    for e in data:
+        if isinstance(e, str):
+            out.append((e, True))
+        elif isinstance(e, list) and e and isinstance(e[0], str):
+            out.append((e[0], len(e) > 1 and e[1] is not None))
+        else:
+            return None
+    return out
+
+
+def _locate(caption: str, noun: str) -> tuple[int, int] | None:
+    """Char span of the first whole-word, case-insensitive occurrence of ``noun`` in ``caption``."""
+    words = noun.split()
+    if not words:
+        return None
+    m = re.search(r"(?<!\w)" + r"\s+".join(map(re.escape, words)) + r"(?!\w)", caption, re.IGNORECASE)
+    if m is None:
+        i = caption.lower().find(noun.lower())
+        return (i, i + len(noun)) if i >= 0 else None
+    return m.start(), m.end()
+
+
+def _official_rule(tokenizer: CaptionTokenizer, caption: str, enc, noun: str) -> tuple[NounSpan, list[int], bool] | None:
+    """The official token rule for ``noun``: its span is the span of the tokens found; None if not found."""
+    try:
+        found = official_token_indices(tokenizer.tokenizer, caption, noun)
+    except ValueError:
+        return None
+    start, end = enc.spans[found[0] - 1][0], enc.spans[found[-1] - 1][1]
+    inside = [i for i in found if i <= LAST_CONTENT_POSITION]
+    return NounSpan(caption[start:end], " ".join(noun.lower().split()), start, end), inside, len(inside) < len(found)
+
+
 def build_nouns(
     captions: pa.Table,
     nlp,
     tokenizer: CaptionTokenizer,
     batch_size: int = 512,
     progress: bool = True,
+    source: str = "spacy",
+    occurrence: str = "all",
+    token_rule: str = "span",
 ) -> tuple[pa.Table, pa.Table, dict]:
     """Captions table -> ``(nouns, rejects, summary)``.
 
-    captions: needs columns image_id, caption_id (unique), caption. nouns: ``NOUNS_SCHEMA``;
-    rejects: the common rejects schema, one row per caption without a noun (reason "no_nouns").
+    captions: needs columns image_id, caption_id (unique), caption (and ``official_nouns`` for
+    ``source="official"``; without it every caption is rejected). nouns: ``NOUNS_SCHEMA``;
+    rejects: the common rejects schema. One row per rejected caption (key = caption_id; reasons
+    "no_nouns", "no_official_nouns", "bad_official_nouns", "no_usable_nouns"), and one per
+    rejected noun (key = "caption_id:noun"; reasons "null_mask", "repeated_noun",
+    "not_in_caption"). ``source``, ``occurrence``, ``token_rule``: see ``NounsConfig``.
+    Counts: input captions = captions with nouns + rejected captions; with rejected nouns,
+    nouns considered = nouns + rejected nouns (+ repeats dropped by ``occurrence="first"``).
     """
+    for name, value, allowed in (("source", source, SOURCES), ("occurrence", occurrence, OCCURRENCES),
+                                 ("token_rule", token_rule, TOKEN_RULES)):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     missing = [c for c in CAPTION_COLUMNS if c not in captions.column_names]
     if missing:
         raise ValueError(f"captions table lacks column(s) {missing}; has {captions.column_names}")
@@ -491,28 +557,81 @@ def build_nouns(
     dupes = [k for k, c in Counter(caption_ids).items() if c > 1]
     if dupes:
         raise ValueError(f"caption_id is not unique: {len(dupes)} repeated, e.g. {dupes[:5]}")
+    official = source == "official"
+    if official:
+        raw_lists = (captions.column(OFFICIAL_COLUMN).to_pylist() if OFFICIAL_COLUMN in captions.column_names
+                     else [None] * len(texts))
 
-    extractor = NounExtractor(nlp)
+    extractor = None if official else NounExtractor(nlp)
     columns: dict[str, list] = {name: [] for name in NOUNS_SCHEMA.names}
     rejects: list[tuple[str, str, str]] = []
-    n_truncated = n_empty = 0
+    noun_rejects: list[tuple[str, str, str]] = []
+    n_truncated = n_empty = n_considered = n_repeats = 0
     t0 = time.perf_counter()
     bar = tqdm(total=len(texts), desc="nouns", unit="caption", disable=not progress, smoothing=0.1)
-    nouns_iter = extractor.pipe(texts, batch_size=batch_size)
+    nouns_iter = None if official else extractor.pipe(texts, batch_size=batch_size)
     for lo in range(0, len(texts), batch_size):
         hi = min(lo + batch_size, len(texts))
-        batch_nouns = [next(nouns_iter) for _ in range(lo, hi)]
-        batch_tokens = noun_token_indices(
-            tokenizer, texts[lo:hi], [[(n.start, n.end) for n in ns] for ns in batch_nouns]
-        )
-        for k, (nouns, tokens) in enumerate(zip(batch_nouns, batch_tokens)):
-            cid, iid = caption_ids[lo + k], image_ids[lo + k]
-            if not nouns:
-                rejects.append((str(cid), "no_nouns", f"no NN* token in {texts[lo + k]!r}"))
+        for k in range(lo, hi):
+            cid, iid, caption = caption_ids[k], image_ids[k], texts[k]
+            rows: list[tuple[NounSpan, list[int], bool]] = []
+            seen: set[str] = set()
+            if official:
+                entries = _official_entries(raw_lists[k])
+                if entries is None:
+                    why = "no_official_nouns" if raw_lists[k] is None else "bad_official_nouns"
+                    rejects.append((str(cid), why, f"official_nouns = {raw_lists[k]!r}"))
+                    continue
+                enc = tokenizer.encode(caption)
+                for noun, has_mask in entries:
+                    n_considered += 1
+                    key = " ".join(noun.lower().split())
+                    if not has_mask:
+                        noun_rejects.append((f"{cid}:{noun}", "null_mask", "attn_list mask path is null"))
+                    elif key in seen:
+                        noun_rejects.append((f"{cid}:{noun}", "repeated_noun", "listed before in this caption"))
+                    else:
+                        found = None
+                        if token_rule == "official":
+                            found = _official_rule(tokenizer, caption, enc, noun)
+                        else:
+                            span = _locate(caption, noun)
+                            if span is not None:
+                                idx, trunc = span_token_indices(enc, *span)
+                                found = NounSpan(caption[span[0]:span[1]], key, *span), idx, trunc
+                        if found is None:
+                            noun_rejects.append((f"{cid}:{noun}", "not_in_caption", f"not found in {caption!r}"))
+                        else:
+                            seen.add(key)
+                            rows.append(found)
+            else:
+                nouns = next(nouns_iter)
+                enc = tokenizer.encode(caption) if nouns else None
+                for noun in nouns:
+                    key = " ".join(noun.text.lower().split())
+                    if occurrence == "first" and key in seen:
+                        n_repeats += 1
+                        continue
+                    seen.add(key)
+                    n_considered += 1
+                    if token_rule == "official":
+                        found = _official_rule(tokenizer, caption, enc, noun.text)
+                        if found is None:
+                            noun_rejects.append((f"{cid}:{noun.text}", "not_in_caption",
+                                                 f"tokens not found in {caption!r}"))
+                            continue
+                        rows.append((noun, found[1], found[2]))
+                    else:
+                        rows.append((noun, *span_token_indices(enc, noun.start, noun.end)))
+                if not nouns:
+                    rejects.append((str(cid), "no_nouns", f"no NN* token in {caption!r}"))
+                    continue
+            if not rows:
+                rejects.append((str(cid), "no_usable_nouns", f"every noun of {caption!r} was rejected"))
                 continue
-            if len(nouns) >= MAX_NOUNS_PER_CAPTION:
-                raise ValueError(f"caption {cid} has {len(nouns)} nouns; noun_id allows < {MAX_NOUNS_PER_CAPTION}")
-            for j, (noun, (indices, truncated)) in enumerate(zip(nouns, tokens)):
+            if len(rows) >= MAX_NOUNS_PER_CAPTION:
+                raise ValueError(f"caption {cid} has {len(rows)} nouns; noun_id allows < {MAX_NOUNS_PER_CAPTION}")
+            for j, (noun, indices, truncated) in enumerate(rows):
                 if not indices and not truncated:
                     n_empty += 1
                     log.warning("caption %s: noun %r has no CLIP tokens", cid, noun.text)
@@ -532,7 +651,7 @@ def build_nouns(
     elapsed = time.perf_counter() - t0
 
     nouns_table = pa.Table.from_pydict(columns, schema=NOUNS_SCHEMA)
-    rejects_tbl = rejects_table(STAGE, rejects)
+    rejects_tbl = rejects_table(STAGE, rejects + noun_rejects)
     kept = len(set(columns["caption_id"]))
     by_reason = dict(Counter(r for _, r, _ in rejects))
     summary = {
@@ -545,6 +664,18 @@ def build_nouns(
         "nouns_per_caption": round(nouns_table.num_rows / kept, 4) if kept else 0.0,
         "check_input_equals_kept_plus_rejected": kept + len(rejects) == len(texts),
     }
+    if (source, occurrence, token_rule) != ("spacy", "all", "span"):
+        summary.update({
+            "source": source, "occurrence": occurrence, "token_rule": token_rule,
+            "nouns_considered": n_considered,
+            "rejected_nouns": dict(Counter(r for _, r, _ in noun_rejects)),
+            "repeats_dropped": n_repeats,
+            "check_considered_equals_nouns_plus_rejected":
+                n_considered == nouns_table.num_rows + len(noun_rejects),
+        })
+        if n_considered != nouns_table.num_rows + len(noun_rejects):
+            raise RuntimeError(f"nouns do not add up: {n_considered} considered, {nouns_table.num_rows} kept "
+                               f"+ {len(noun_rejects)} rejected")
     if kept + len(rejects) != len(texts):
         raise RuntimeError(f"captions do not add up: {len(texts)} in, {kept} kept + {len(rejects)} rejected")
     log.info(
@@ -559,10 +690,13 @@ def run_nouns(cfg: NounsConfig, captions_path: str | Path, progress: bool = True
     rejects.parquet and summary.json (atomically); return the summary."""
     from pipeline.clip_tokenizer import load_clip_tokenizer
 
-    captions = read_table(captions_path, columns=list(CAPTION_COLUMNS))
-    nlp = load_tagger(cfg.spacy_model)
+    captions = read_table(captions_path)
+    wanted = [*CAPTION_COLUMNS, *([OFFICIAL_COLUMN] if cfg.source == "official" else [])]
+    captions = captions.select([c for c in wanted if c in captions.column_names])
+    nlp = load_tagger(cfg.spacy_model) if cfg.source == "spacy" else None
     tokenizer = CaptionTokenizer(load_clip_tokenizer(cfg.tokenizer, cfg.tokenizer_subfolder))
-    nouns, rejects, summary = build_nouns(captions, nlp, tokenizer, cfg.batch_size, progress=progress)
+    nouns, rejects, summary = build_nouns(captions, nlp, tokenizer, cfg.batch_size, progress=progress,
+                                          source=cfg.source, occurrence=cfg.occurrence, token_rule=cfg.token_rule)
     out = Path(cfg.out_dir)
     write_table(nouns, out / "nouns.parquet")
     write_table(rejects, out / "rejects.parquet")
