@@ -318,3 +318,39 @@ def test_config(tmp_path: Path):
 
 def test_nouns_schema_columns_are_what_the_stage_reads():
     assert {"noun_id", "caption_id", "image_id", "text", "lemma"} <= set(NOUNS_SCHEMA.names)
+
+
+@pytest.mark.parametrize(
+    "lemma, expected, rule",
+    [
+        ("umpire", ("person",), "synonym"),
+        ("chef", ("person",), "synonym"),
+        ("television", ("tv",), "synonym"),
+        ("computer monitor", ("tv",), "synonym"),
+        ("seagull", ("bird",), "synonym"),
+        ("poodle", ("dog",), "synonym"),
+        ("lap top", ("laptop",), "synonym"),
+        ("notebook computer", ("laptop",), "synonym"),
+        ("suit case", ("suitcase",), "synonym"),
+        ("luggage", ("suitcase",), "synonym"),
+        ("microwave oven", ("microwave",), "synonym"),
+        ("microwave ovens", ("microwave",), "plural"),
+        ("traffic stop sign", ("stop sign",), "head"),
+        ("hot dog cake", ("cake",), "head"),
+        ("motorcycle rider", ("person",), "head"),
+        ("mp3 player", (), ""),
+        ("truck bed", (), ""),
+        ("dog bed", (), ""),
+        ("toilet bowl", (), ""),
+    ],
+)
+def test_synonym_table_and_compounds(lemma: str, expected: tuple, rule: str, coco_mini: Path):
+    names = load_instances(coco_mini / "annotations" / "instances_train2017.json").categories
+    assert category_candidates(lemma, names) == (expected, rule)
+
+
+def test_coco_mini_matching_shares(coco_mini_run: dict):
+    s = coco_mini_run["summary"]
+    # measured on coco-mini: 0.3991 of nouns, 0.9803 of named pairs (head-word rules: 0.3719, 0.9671)
+    assert s["share_of_nouns_with_mask"] >= 0.38
+    assert s["annotated_pairs_named"] > 100 and s["share_of_named_pairs_with_mask"] >= 0.97

