@@ -16,7 +16,7 @@ CAPTIONS_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("mode", pa.string()),            # original PIL mode: RGB, L, CMYK, ...
         ("caption", pa.string()),         # NFC, whitespace collapsed
-        ("official_nouns", pa.string()),  # JSON list of strings (tokencompose format), else null
+        ("official_nouns", pa.string()),  # tokencompose format: JSON [[noun, mask path or null], ...] (attn_list); else null
     ]
 )
 
