@@ -28,7 +28,7 @@ def test_paper_profile_has_the_paper_settings():
     assert (p["ground"]["image_size"], p["ground"]["max_size"]) == (800, 1333)
     assert p["ground"]["config"] == "GroundingDINO_SwinT_OGC.py"
     assert p["ground"]["phrase_rule"] == "official"
-    assert p["segment"]["model_type"] == "vit_h"
+    assert p["segment"]["model_type"] == "hq_vit_h" and p["segment"]["checkpoint"].endswith("sam_hq_vit_h.pth")
     assert p["captions"]["format"] == "tokencompose"
 
 

@@ -1,4 +1,4 @@
-"""The ``segment`` stage: boxes + images -> per-noun binary masks (SAM).
+"""The ``segment`` stage: boxes + images -> per-noun binary masks (SAM or SAM-HQ).
 
 Per image, SAM's image encoder runs once and all distinct boxes of the image are decoded
 in one batched call (one mask per box). A noun's mask is the union of its boxes' masks.
@@ -36,8 +36,8 @@ from pipeline.core.tables import (
     write_json,
     write_table,
 )
-from pipeline.data.sam_masks import segment_image, union_masks
-from pipeline.models.sam import CONFIG_NAME, MODEL_TYPES, ModelType, load_sam
+from pipeline.data.sam_masks import make_predictor, segment_image, union_masks
+from pipeline.models.sam import CONFIG_NAME, MODEL_TYPES, TINY_TYPES, ModelType, load_sam
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ log = logging.getLogger(__name__)
 class SegmentConfig:
     """``segment`` section of params.yaml."""
 
-    model_type: ModelType           # vit_h | vit_l | vit_b (official checkpoints) | tiny (demo)
-    checkpoint: str                 # a raw SAM state dict (.pth); tiny: config.json beside it
+    model_type: ModelType           # vit_h | vit_l | vit_b | hq_vit_h | hq_vit_l | hq_vit_b | tiny | hq_tiny
+    checkpoint: str                 # a raw SAM / SAM-HQ state dict (.pth); tiny types: config.json beside it
     shard_size: int                 # images per output shard
     device: str                     # auto | cpu | cuda | cuda:N
     export_png: bool                # also write every mask as a PNG for inspection
@@ -70,15 +70,13 @@ def segment_fingerprint(cfg: SegmentConfig, captions_path: str | Path, boxes_pat
                         images: list[str]) -> str:
     """What the shards are keyed by: the params, the code, and the bytes of every input (tables,
     images, the checkpoint and, for the tiny model, its config.json)."""
-    weights = [cfg.checkpoint] + ([Path(cfg.checkpoint).parent / CONFIG_NAME] if cfg.model_type == "tiny" else [])
+    weights = [cfg.checkpoint] + ([Path(cfg.checkpoint).parent / CONFIG_NAME] if cfg.model_type in TINY_TYPES else [])
     inputs = inputs_digest(captions_path, boxes_path, *images, *weights)
     return fingerprint(_segment_fields(cfg), inputs, code_digest(__name__))
 
 
 def run_segment(cfg: SegmentConfig, captions_path: str | Path, boxes_path: str | Path) -> dict | None:
     """Run the stage; returns the summary on the main process."""
-    from segment_anything import SamPredictor
-
     captions = read_table(captions_path, columns=["image_id", "path"]).to_pylist()
     image_paths = {r["image_id"]: r["path"] for r in captions}
     boxes = read_table(boxes_path).to_pylist()
@@ -90,7 +88,7 @@ def run_segment(cfg: SegmentConfig, captions_path: str | Path, boxes_path: str |
 
     world = World.from_accelerate(resolve_device(cfg.device))
     device = world.device
-    predictor = SamPredictor(load_sam(cfg.model_type, cfg.checkpoint, device))
+    predictor = make_predictor(load_sam(cfg.model_type, cfg.checkpoint, device), cfg.model_type)
 
     def shard(image_ids: list[int]) -> tuple[pa.Table, pa.Table]:
         rows: list[dict] = []
