@@ -61,6 +61,7 @@ class GroundConfig:
     shard_size: int = 16
     device: str = "auto"
     out_dir: str = "data/ground"
+    reference: str = ""  # reference_masks out_dir: box recall against the COCO boxes of matched nouns; "" = off
 
     def validate(self) -> None:
         for name in ("box_threshold", "text_threshold"):
@@ -156,6 +157,15 @@ def run_ground(cfg: GroundConfig, captions_path: str | Path, nouns_path: str | P
     n_unmatched = reasons.count(UNMATCHED_REASON)
     summary = _summary(nouns, boxes, len(reasons) - n_unmatched, len(items))
     summary["boxes_without_noun"] = n_unmatched
+    if cfg.reference:
+        from pipeline.data.mask_quality import box_recall
+
+        instances = read_table(Path(cfg.reference) / "instances.parquet").to_pylist()
+        quality = box_recall(boxes, instances)
+        quality["quality_measure"] = not Path(cfg.checkpoint).name.endswith("_tiny.pth")
+        if not quality["quality_measure"]:
+            quality["note"] = "tiny random Grounding DINO: this recall tests the plumbing, it measures no box quality"
+        summary["box_quality"] = quality
     write_json(summary, out / "summary.json")
     return summary
 

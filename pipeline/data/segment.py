@@ -52,6 +52,7 @@ class SegmentConfig:
     device: str                     # auto | cpu | cuda | cuda:N
     export_png: bool                # also write every mask as a PNG for inspection
     out_dir: str
+    reference: str = ""             # reference_masks out_dir: IoU with the human masks; "" = off
 
     def validate(self) -> None:
         if self.model_type not in MODEL_TYPES:
@@ -119,7 +120,43 @@ def run_segment(cfg: SegmentConfig, captions_path: str | Path, boxes_path: str |
 
         render_all_overlays(captions_path, boxes_path, out / "masks", out / "overlays")
     summary = _summary(boxes, masks, result.rejects.num_rows, len(items))
+    if cfg.reference:
+        summary["mask_quality"] = report_mask_quality(masks, cfg.reference, image_paths, out,
+                                                      random_model=cfg.model_type in TINY_TYPES)
     write_json(summary, out / "summary.json")
+    return summary
+
+
+WORST_CASES = 8
+
+
+def report_mask_quality(masks: pa.Table, reference: str | Path, image_paths: dict[int, str], out: Path,
+                        random_model: bool) -> dict:
+    """IoU of the automatic masks with the reference masks (``pipeline.data.mask_quality``):
+    writes ``mask_iou_by_category.csv`` and ``mask_iou_worst.png`` into ``out``, returns the summary."""
+    from pipeline.core.tables import write_csv
+    from pipeline.data.mask_quality import compare_masks, worst_cases_figure
+
+    reference = Path(reference)
+    ref = read_table(reference / "masks").to_pylist()
+    cats = read_table(reference / "instances.parquet", columns=["noun_id", "category"]).to_pylist()
+    categories = {r["noun_id"]: r["category"] for r in cats}
+    auto_rows = {r["noun_id"]: r for r in masks.to_pylist()}
+    auto = {nid: decode_rle(r["rle"], r["height"], r["width"]) for nid, r in auto_rows.items()
+            if nid in {x["noun_id"] for x in ref}}
+    human = {r["noun_id"]: decode_rle(r["rle"], r["height"], r["width"]) for r in ref}
+    per_noun, summary, per_category = compare_masks(auto, human, categories)
+    write_csv(per_category, ["category", "nouns", "mean_iou", "share_iou_ge_0_5"], out / "mask_iou_by_category.csv")
+    cases = []
+    for r in sorted(per_noun, key=lambda r: (r["iou"], r["noun_id"]))[:WORST_CASES]:
+        row = auto_rows[r["noun_id"]]
+        cases.append({"image": np.asarray(load_rgb(image_paths[row["image_id"]])), "auto": auto[r["noun_id"]],
+                      "reference": human[r["noun_id"]],
+                      "label": f"noun {r['noun_id']} '{row['text']}' ({r['category']}): IoU {r['iou']:.3f}"})
+    worst_cases_figure(cases, out / "mask_iou_worst.png")
+    summary["quality_measure"] = not random_model
+    if random_model:
+        summary["note"] = "tiny random SAM: these IoUs test the plumbing, they measure no mask quality"
     return summary
 
 
