@@ -47,13 +47,14 @@ def make_workspace(root: Path, params: dict, models: Path | None = None) -> Path
         shutil.copytree(models, root / "models" / "tiny")
     run_stage(root, "stages.captions")
     run_stage(root, "stages.nouns")
+    run_stage(root, "stages.reference_masks")
     return root
 
 
 def clone_workspace(src: Path, dst: Path, **overrides) -> Path:
     """Copy the inputs of ``ground`` (not its outputs) into a fresh folder."""
     dst.mkdir(parents=True)
-    for name in ("data/demo", "data/captions", "data/nouns", "models"):
+    for name in ("data/demo", "data/captions", "data/nouns", "data/reference_masks", "models"):
         shutil.copytree(src / name, dst / name)
     params = yaml.safe_load((src / "params.yaml").read_text())
     for key, value in overrides.items():

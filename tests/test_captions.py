@@ -349,10 +349,24 @@ def test_tokencompose_format(tc_sample, tmp_path: Path) -> None:
     assert [r["caption_id"] for r in rows] == list(range(20))
     assert rows[0]["image_id"] == 142 and rows[0]["file"] == "000000000142.jpg"
     for row, rec in zip(rows, lines):
-        assert json.loads(row["official_nouns"]) == [noun for noun, _ in rec["attn_list"]]
+        assert json.loads(row["official_nouns"]) == rec["attn_list"]
         assert row["caption"] == " ".join(rec["text"].split())
         assert (row["width"], row["height"]) == (24, 16)
-    assert json.loads(rows[1]["official_nouns"]) == ["girl", "piece", "camera", "broccoli"]
+    assert json.loads(rows[1]["official_nouns"]) == [
+        ["girl", "seg/000000000370/mask_000000000370_girl.png"], ["piece", None], ["camera", None],
+        ["broccoli", "seg/000000000370/mask_000000000370_broccoli.png"]]
+
+
+def test_tokencompose_bad_attn_list(tmp_path: Path) -> None:
+    src = tmp_path / "metadata.jsonl"
+    src.write_text(json.dumps({"file_name": "000000000001.jpg", "text": "A cat.",
+                               "attn_list": [["cat", 3]]}) + "\n")
+    make_jpeg(tmp_path / "images" / "000000000001.jpg")
+    cfg = from_dict(CaptionsConfig, dict(format="tokencompose", source=str(src),
+                                         images_dir=str(tmp_path / "images"),
+                                         out_dir=str(tmp_path / "out")), "captions")
+    with pytest.raises(ValueError, match=r"metadata.jsonl:1: 'attn_list' must be a list of \[noun, mask path or null\]"):
+        build_captions(cfg)
 
 
 def test_tokencompose_with_coco_ids(tc_sample, tmp_path: Path) -> None:

@@ -180,6 +180,35 @@ def test_official_source_on_the_metadata_sample(shared_dir: Path, tokenizer, cli
     assert summary["nouns_considered"] == len(with_mask) + null
 
 
+def test_official_source_through_the_captions_stage(shared_dir: Path, tmp_path: Path, tokenizer):
+    """metadata.jsonl -> captions table -> nouns: null mask paths survive the captions stage and
+    become recorded ``null_mask`` rejects, with the counts adding up."""
+    from PIL import Image
+
+    from pipeline.data.captions import CaptionsConfig, build_captions
+
+    path = shared_dir / "tokencompose-sample" / "metadata-head20.jsonl"
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    for rec in lines:
+        (tmp_path / "images").mkdir(exist_ok=True)
+        Image.new("RGB", (16, 12), (90, 20, 30)).save(tmp_path / "images" / rec["file_name"])
+    cfg = from_dict(CaptionsConfig, dict(format="tokencompose", source=str(path), images_dir=str(tmp_path / "images"),
+                                         out_dir=str(tmp_path / "out")), "captions")
+    captions = build_captions(cfg).table
+    nouns, rejects, summary = build_nouns(captions, None, tokenizer, progress=False,
+                                          source="official", occurrence="first", token_rule="official")
+    nulls = [(i, a[0]) for i, r in enumerate(lines) for a in r["attn_list"] if a[1] is None]
+    assert len(nulls) >= 3  # the sample has null mask paths, e.g. "piece" and "camera" of line 1
+    assert (1, "piece") in nulls and (1, "camera") in nulls
+    got = sorted(k for k, why in zip(rejects.column("key").to_pylist(), rejects.column("reason").to_pylist())
+                 if why == "null_mask")
+    assert got == sorted(f"{c}:{n}" for c, n in nulls)
+    assert not {(r["caption_id"], r["text"].lower()) for r in nouns.to_pylist()} & {(c, n.lower()) for c, n in nulls}
+    assert summary["rejected_nouns"]["null_mask"] == len(nulls)
+    assert summary["nouns_considered"] == summary["nouns"] + sum(summary["rejected_nouns"].values())
+    assert summary["nouns_considered"] == sum(len(r["attn_list"]) for r in lines)
+
+
 def test_config_options():
     base = {"spacy_model": "x", "tokenizer": "t", "tokenizer_subfolder": None, "batch_size": 2, "out_dir": "o"}
     cfg = from_dict(NounsConfig, base, "nouns")

@@ -27,7 +27,8 @@ def test_paper_profile_has_the_paper_settings():
     assert p["ground"]["box_threshold"] == p["ground"]["text_threshold"] == 0.25
     assert (p["ground"]["image_size"], p["ground"]["max_size"]) == (800, 1333)
     assert p["ground"]["config"] == "GroundingDINO_SwinT_OGC.py"
-    assert p["segment"]["model_type"] == "vit_h"
+    assert p["ground"]["phrase_rule"] == "official"
+    assert p["segment"]["model_type"] == "hq_vit_h" and p["segment"]["checkpoint"].endswith("sam_hq_vit_h.pth")
     assert p["captions"]["format"] == "tokencompose"
 
 

@@ -302,6 +302,9 @@ def test_stage_script_and_stale_shards(tmp_path: Path):
     assert sorted(p.name for p in (out / "masks").iterdir()) == [SHARD_NAME]
     assert read_table(out / "masks").num_rows == 3
     assert json.loads((out / "summary.json").read_text())["matched"] == 3
+    instances = read_table(out / "instances.parquet").to_pylist()
+    assert {r["noun_id"] for r in instances} == set(read_table(out / "masks").column("noun_id").to_pylist())
+    assert all(r["x1"] >= r["x0"] and r["y1"] >= r["y0"] and r["category"] for r in instances)
 
 
 def test_config(tmp_path: Path):

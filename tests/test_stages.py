@@ -81,6 +81,33 @@ def test_noun_mask_is_union_of_its_box_masks(grounded: Path):
 
 
 @pytest.mark.slow
+def test_masks_and_boxes_are_measured_against_the_reference(grounded: Path):
+    """segment reports IoU with the human masks, ground box recall; the counts add up."""
+    import csv
+    import json
+
+    ref = read_table(grounded / "data/reference_masks/masks").to_pylist()
+    instances = read_table(grounded / "data/reference_masks/instances.parquet").to_pylist()
+    assert ref and {r["noun_id"] for r in instances} == {r["noun_id"] for r in ref}
+    masks = {m["noun_id"] for m in read_table(grounded / "data/segment/masks").to_pylist()}
+    q = json.loads((grounded / "data/segment/summary.json").read_text())["mask_quality"]
+    assert q["reference_nouns"] == len(ref)
+    assert q["reference_nouns_compared"] == len({r["noun_id"] for r in ref} & masks)
+    assert q["reference_nouns_compared"] + q["reference_nouns_without_mask"] == q["reference_nouns"]
+    assert q["quality_measure"] is False and "plumbing" in q["note"]
+    rows = list(csv.DictReader((grounded / "data/segment/mask_iou_by_category.csv").open()))
+    assert sum(int(r["nouns"]) for r in rows) == q["reference_nouns_compared"]
+    assert all(0.0 <= float(r["mean_iou"]) <= 1.0 for r in rows)
+    if q["reference_nouns_compared"]:
+        assert 0.0 <= q["mean_iou"] <= 1.0 and 0.0 <= q["share_iou_ge_0_5"] <= 1.0
+    assert (grounded / "data/segment/mask_iou_worst.png").stat().st_size > 0
+    b = json.loads((grounded / "data/ground/summary.json").read_text())["box_quality"]
+    assert b["reference_instances"] == sum(not r["iscrowd"] for r in instances)
+    assert b["reference_crowd_instances_skipped"] == sum(r["iscrowd"] for r in instances)
+    assert 0 <= b["reference_instances_found"] <= b["reference_instances"]
+    assert b["quality_measure"] is False
+
+
 def test_kill_9_then_resume_gives_the_same_outputs(workspace: Path, grounded: Path, tmp_path: Path):
     ws = clone_workspace(workspace, tmp_path / "killed")
     proc = subprocess.Popen([sys.executable, "-m", "stages.ground", "--params", "params.yaml"], cwd=ws, env=ENV)
@@ -174,7 +201,9 @@ def test_real_coco_images_through_every_data_stage(coco_mini: Path, workspace: P
     ws.mkdir()
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(workspace / "models", ws / "models")
-    for stage in ("captions", "nouns", "ground", "segment"):
+    params["reference_masks"]["instances_json"] = str(coco_mini / "annotations" / "instances_train2017.json")
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for stage in ("captions", "nouns", "reference_masks", "ground", "segment"):
         run_stage(ws, f"stages.{stage}")
     captions = read_table(ws / "data/captions/captions.parquet").to_pylist()
     assert len(captions) == 16 and all(c["path"].startswith(str(coco_mini)) for c in captions)

@@ -16,7 +16,7 @@ CAPTIONS_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("mode", pa.string()),            # original PIL mode: RGB, L, CMYK, ...
         ("caption", pa.string()),         # NFC, whitespace collapsed
-        ("official_nouns", pa.string()),  # JSON list of strings (tokencompose format), else null
+        ("official_nouns", pa.string()),  # tokencompose format: JSON [[noun, mask path or null], ...] (attn_list); else null
     ]
 )
 
@@ -98,3 +98,20 @@ DETECTIONS_SCHEMA = pa.schema([
     ("score", pa.float32()),         # sigmoid score of that query, > keep_threshold
     ("x0", pa.float32()), ("y0", pa.float32()), ("x1", pa.float32()), ("y1", pa.float32()),  # pixels
 ])
+
+
+#: reference instances: one row per (matched noun, COCO instance of its category in its image)
+#: (``data/reference_masks/instances.parquet``); boxes are COCO bboxes as xyxy pixels
+REFERENCE_INSTANCES_SCHEMA = pa.schema(
+    [
+        ("noun_id", pa.int64()),
+        ("image_id", pa.int64()),
+        ("category", pa.string()),        # COCO category name the noun matched
+        ("annotation_id", pa.int64()),
+        ("iscrowd", pa.bool_()),
+        ("x0", pa.float32()),
+        ("y0", pa.float32()),
+        ("x1", pa.float32()),
+        ("y1", pa.float32()),
+    ]
+)

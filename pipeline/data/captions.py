@@ -16,7 +16,8 @@ Inputs
   the COCO ``images`` entry with that file name, ``caption_id`` is the id of the COCO
   caption annotation of that image whose normalised text is equal (the smallest id if
   several are), and the json's width/height are checked too. The official noun list is kept
-  as ``official_nouns``, a JSON list of strings in the file's order (the mask paths are not).
+  as ``official_nouns``: the ``attn_list`` as a JSON list of ``[noun, mask path or null]`` pairs
+  in the file's order, so that ``nouns.source: official`` can skip the nouns without a mask.
 
 Row checks, in this order; a row gets the first reason that applies (reject codes):
   ``duplicate_caption_id``  the first row in file order claims an id; every later row with the
@@ -307,9 +308,10 @@ def read_tokencompose(path: str | Path, coco_captions: str | Path | None = None)
             nouns = None
             if attn is not None:
                 if not isinstance(attn, list) or not all(
-                        isinstance(a, list) and a and isinstance(a[0], str) for a in attn):
-                    raise ValueError(f"{path}:{n + 1}: 'attn_list' must be a list of [noun, mask] pairs")
-                nouns = json.dumps([a[0] for a in attn], ensure_ascii=False)
+                        isinstance(a, list) and len(a) == 2 and isinstance(a[0], str)
+                        and (a[1] is None or isinstance(a[1], str)) for a in attn):
+                    raise ValueError(f"{path}:{n + 1}: 'attn_list' must be a list of [noun, mask path or null] pairs")
+                nouns = json.dumps([[a[0], a[1]] for a in attn], ensure_ascii=False)
             file_name = rec["file_name"]
             row = Row(pos=n, caption_id=n, image_id=None, file=file_name,
                       caption=normalize_caption(rec["text"]), official_nouns=nouns)

@@ -8,6 +8,14 @@ the boxes table: one row per box assigned to its phrase, or one row with ``found
 and null box when no box passed the thresholds. Images that cannot be read go to the
 rejects table with all their nouns counted there.
 
+``phrase_rule`` says how a box finds its noun (``phrase_boxes`` has the details):
+``best_phrase`` (the demo's default) gives each query to the phrase whose own tokens hold its
+highest probability; ``official`` (TokenCompose's data preparation, the paper profiles) keeps a
+query by its maximum over all prompt tokens and matches its decoded phrase exactly to a noun
+phrase. A box whose decoded phrase matches no noun is recorded in the rejects table (key
+``<image_id>:box<k>``, reason ``phrase_matches_no_noun``, the decoded phrase, score and box in
+``detail``) and counted as ``boxes_without_noun``; it gives no noun a box.
+
 Boxes table (``data/ground/boxes/part-*.parquet``), one row per (noun, box):
     noun_id int64, caption_id int64, image_id int64, text string,
     box_index int32 (-1 when not found), found bool,
@@ -31,7 +39,7 @@ from pipeline.core.images import load_rgb
 from pipeline.core.schemas import BOXES_SCHEMA
 from pipeline.core.shards import World, inputs_digest, run_sharded
 from pipeline.core.tables import read_table, rejects_table, write_json, write_table
-from pipeline.data.phrase_boxes import ground_images, normalize_phrase
+from pipeline.data.phrase_boxes import PHRASE_RULES, ground_images, normalize_phrase
 from pipeline.models.grounding_dino import load_grounding_dino, resolve_config_path
 
 log = logging.getLogger(__name__)
@@ -46,18 +54,22 @@ class GroundConfig:
     text_encoder: str = "models/tiny/bert"
     box_threshold: float = 0.25
     text_threshold: float = 0.25
+    phrase_rule: str = "best_phrase"  # best_phrase | official (TokenCompose's: max over all tokens, decoded phrase)
     image_size: int = 320
     max_size: int = 533
     batch_size: int = 4
     shard_size: int = 16
     device: str = "auto"
     out_dir: str = "data/ground"
+    reference: str = ""  # reference_masks out_dir: box recall against the COCO boxes of matched nouns; "" = off
 
     def validate(self) -> None:
         for name in ("box_threshold", "text_threshold"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"ground.{name} must be in [0, 1), got {value}")
+        if self.phrase_rule not in PHRASE_RULES:
+            raise ValueError(f"ground.phrase_rule must be one of {list(PHRASE_RULES)}, got {self.phrase_rule!r}")
         for name in ("image_size", "max_size", "batch_size", "shard_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ground.{name} must be positive, got {getattr(self, name)}")
@@ -76,6 +88,7 @@ def _ground_fields(cfg: GroundConfig) -> dict:
         "text_encoder": cfg.text_encoder,
         "box_threshold": cfg.box_threshold,
         "text_threshold": cfg.text_threshold,
+        "phrase_rule": cfg.phrase_rule,
         "image_size": cfg.image_size,
         "max_size": cfg.max_size,
         "shard_size": cfg.shard_size,
@@ -125,10 +138,12 @@ def run_ground(cfg: GroundConfig, captions_path: str | Path, nouns_path: str | P
             if not batch_ids:
                 continue
             detections = ground_images(
-                model, images, prompts, cfg.box_threshold, cfg.text_threshold, cfg.image_size, cfg.max_size, device
+                model, images, prompts, cfg.box_threshold, cfg.text_threshold, cfg.image_size, cfg.max_size, device,
+                phrase_rule=cfg.phrase_rule,
             )
             for image_id, phrases, dets in zip(batch_ids, prompts, detections):
                 rows.extend(_rows_for_image(by_image[image_id], phrases, dets))
+                rejects.extend(_boxes_without_noun(image_id, dets))
         return pa.Table.from_pylist(rows, schema=BOXES_SCHEMA), rejects_table("ground", rejects)
 
     fp = ground_fingerprint(cfg, captions_path, nouns_path, [image_paths[i] for i in items])
@@ -138,16 +153,41 @@ def run_ground(cfg: GroundConfig, captions_path: str | Path, nouns_path: str | P
         return None
     write_table(result.rejects, out / "rejects.parquet")
     boxes = read_table(out / "boxes").to_pylist()
-    summary = _summary(nouns, boxes, result.rejects.num_rows, len(items))
+    reasons = result.rejects.column("reason").to_pylist()
+    n_unmatched = reasons.count(UNMATCHED_REASON)
+    summary = _summary(nouns, boxes, len(reasons) - n_unmatched, len(items))
+    summary["boxes_without_noun"] = n_unmatched
+    if cfg.reference:
+        from pipeline.data.mask_quality import box_recall
+
+        instances = read_table(Path(cfg.reference) / "instances.parquet").to_pylist()
+        quality = box_recall(boxes, instances)
+        quality["quality_measure"] = not Path(cfg.checkpoint).name.endswith("_tiny.pth")
+        if not quality["quality_measure"]:
+            quality["note"] = "tiny random Grounding DINO: this recall tests the plumbing, it measures no box quality"
+        summary["box_quality"] = quality
     write_json(summary, out / "summary.json")
     return summary
+
+
+UNMATCHED_REASON = "phrase_matches_no_noun"
+
+
+def _boxes_without_noun(image_id: int, detections: list) -> list[tuple[str, str, str]]:
+    """Reject rows for the boxes whose decoded phrase matched no noun (``phrase_index == -1``)."""
+    out = []
+    for k, d in enumerate(d for d in detections if d.phrase_index < 0):
+        box = ", ".join(f"{v:.1f}" for v in d.box_xyxy)
+        out.append((f"{image_id}:box{k}", UNMATCHED_REASON, f"decoded {d.phrase!r}, score {d.score:.3f}, box [{box}]"))
+    return out
 
 
 def _rows_for_image(nouns: list[dict], phrases: list[str], detections: list) -> list[dict]:
     """Every noun occurrence of one image -> its box rows (or one not-found row)."""
     per_phrase: dict[int, list] = defaultdict(list)
     for d in detections:
-        per_phrase[d.phrase_index].append(d)
+        if d.phrase_index >= 0:
+            per_phrase[d.phrase_index].append(d)
     index = {p: i for i, p in enumerate(phrases)}
     rows = []
     for n in sorted(nouns, key=lambda n: n["noun_id"]):

@@ -18,7 +18,20 @@ and kept iff that score is > ``box_threshold`` (groundingdino's box rule, max to
 suppression is applied, as in the official pipeline, so several boxes per phrase are normal.
 ``Detection.phrase`` is what groundingdino's own ``get_phrases_from_posmap(prob >
 text_threshold)`` decodes for the query, with [CLS], [SEP] and separators left out (as
-upstream's later ``left_idx``/``right_idx`` arguments do), for inspection.
+upstream's later ``left_idx``/``right_idx`` arguments do), for inspection. This is
+``phrase_rule="best_phrase"``.
+
+``phrase_rule="official"`` is the rule of TokenCompose's data preparation (groundingdino's
+``predict``, then the decoded phrase matched to a noun): a query is kept iff its maximum
+probability over ALL the prompt's tokens ([CLS], [SEP] and the `` . `` separators included,
+as ``prediction_logits.max(dim=1)`` does) is > ``box_threshold``, and that maximum is its
+score; its phrase is decoded from the tokens with probability > ``text_threshold`` (special
+tokens and ``.`` left out, whitespace collapsed) and assigned to the prompt phrase whose own
+tokens decode to exactly that text (so "teddy bear" matches a decoded "teddy bear", but
+a query spread over "teddy" and "dog" decodes to "teddy dog" and matches nothing). A kept
+query whose decoded phrase matches no phrase (or decodes to nothing) is returned with
+``phrase_index = -1``: a box without a noun, which the ``ground`` stage records as a reject
+(``phrase_matches_no_noun``) instead of guessing a noun for it.
 
 Batching. Images are preprocessed exactly as groundingdino's ``load_image`` (resize to
 ``image_size`` on the shorter side, capped at ``max_size`` on the longer, ToTensor, ImageNet
@@ -48,9 +61,16 @@ from pipeline.core.images import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.models.grounding_dino import DEFAULT_MAX_TEXT_LEN, quiet_groundingdino
 
 
+PHRASE_RULES: tuple[str, ...] = ("best_phrase", "official")
+
+
 @dataclass(frozen=True)
 class Detection:
-    """One box for one of an image's phrases; ``box_xyxy`` in original image pixels."""
+    """One box for one of an image's phrases; ``box_xyxy`` in original image pixels.
+
+    ``phrase_index`` is -1 for a box whose decoded phrase matches none of the image's phrases
+    (``phrase_rule="official"`` only).
+    """
 
     phrase_index: int
     box_xyxy: tuple[float, float, float, float]
@@ -162,14 +182,18 @@ def ground_images(
     max_size: int,
     device: str,
     batch_size: int | None = None,
+    phrase_rule: str = "best_phrase",
 ) -> list[list[Detection]]:
     """Boxes for each image's phrases; ``result[i]`` lists image i's detections, best score first.
 
     ``phrases[i]`` are image i's distinct phrases; ``Detection.phrase_index`` indexes them.
     ``batch_size`` caps the prompts per forward (default: all that share an image size).
+    ``phrase_rule``: ``best_phrase`` | ``official`` (see the module docstring).
     """
     from groundingdino.util.misc import nested_tensor_from_tensor_list
 
+    if phrase_rule not in PHRASE_RULES:
+        raise ValueError(f"phrase_rule must be one of {PHRASE_RULES}, got {phrase_rule!r}")
     if len(images) != len(phrases):
         raise ValueError(f"{len(images)} images but {len(phrases)} phrase lists")
     tokenizer = model.tokenizer
@@ -192,7 +216,8 @@ def ground_images(
             i, prompt = jobs[j]
             width, height = images[i].size
             results[i].extend(
-                _detections(probs[b], boxes[b], prompt, tokenizer, box_threshold, text_threshold, width, height)
+                _detections(probs[b], boxes[b], prompt, tokenizer, box_threshold, text_threshold, width, height,
+                            phrase_rule)
             )
     for dets in results:
         dets.sort(key=lambda d: -d.score)
@@ -208,15 +233,21 @@ def _detections(
     text_threshold: float,
     width: int,
     height: int,
+    phrase_rule: str = "best_phrase",
 ) -> list[Detection]:
     """One prompt's queries -> kept detections. ``probs`` (nq, 256), ``boxes`` (nq, 4) cxcywh."""
     from groundingdino.util.utils import get_phrases_from_posmap
 
     positions = phrase_token_positions(tokenizer, prompt.text, prompt.char_spans)
-    phrase_scores = torch.stack([probs[:, pos].max(dim=1).values for pos in positions], dim=1)  # (nq, P)
-    best_score, best = phrase_scores.max(dim=1)
-    keep = (best_score > box_threshold) & (best_score > text_threshold)
     tokenized = tokenizer(prompt.text)
+    if phrase_rule == "official":
+        best_score = probs.max(dim=1).values  # (nq,) over every prompt token, specials included
+        keep = best_score > box_threshold
+        own = {_decoded(tokenizer, [tokenized["input_ids"][k] for k in pos]): j for j, pos in enumerate(positions)}
+    else:
+        phrase_scores = torch.stack([probs[:, pos].max(dim=1).values for pos in positions], dim=1)  # (nq, P)
+        best_score, best = phrase_scores.max(dim=1)
+        keep = (best_score > box_threshold) & (best_score > text_threshold)
     scale = torch.tensor([width, height, width, height], dtype=torch.float32)
     cx, cy, w, h = boxes.unbind(-1)
     xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1) * scale
@@ -228,13 +259,23 @@ def _detections(
     words[: len(tokenized["input_ids"])] = torch.tensor([t not in special for t in tokenized["input_ids"]])
     for q in keep.nonzero().flatten().tolist():
         posmap = (probs[q] > text_threshold) & words
-        text = get_phrases_from_posmap(posmap, tokenized, tokenizer).replace(".", "")
+        text = " ".join(get_phrases_from_posmap(posmap, tokenized, tokenizer).replace(".", "").split())
+        if phrase_rule == "official":
+            j = own.get(text, -1) if text else -1
+            phrase_index = prompt.phrase_indices[j] if j >= 0 else -1
+        else:
+            phrase_index = prompt.phrase_indices[int(best[q])]
         detections.append(
             Detection(
-                phrase_index=prompt.phrase_indices[int(best[q])],
+                phrase_index=phrase_index,
                 box_xyxy=tuple(float(v) for v in xyxy[q]),
                 score=float(best_score[q]),
-                phrase=" ".join(text.split()),
+                phrase=text,
             )
         )
     return detections
+
+
+def _decoded(tokenizer, token_ids: list[int]) -> str:
+    """What ``get_phrases_from_posmap`` makes of these tokens, normalised as the decoded phrases."""
+    return " ".join(tokenizer.decode(token_ids).replace(".", "").split())

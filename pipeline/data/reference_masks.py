@@ -35,7 +35,9 @@ the share that get their mask (``share_of_named_pairs_with_mask``).
 two, tried in order); words such as "bag", "glass" or "light" are left out.
 
 Outputs: ``out_dir/masks/part-00000.parquet`` (``pipeline.core.schemas.MASKS_SCHEMA``, one row per
-matched noun, so readers treat it like ``segment``'s shard folder) and ``out_dir/summary.json``.
+matched noun, so readers treat it like ``segment``'s shard folder), ``out_dir/instances.parquet``
+(``REFERENCE_INSTANCES_SCHEMA``: each matched noun's category and its instances' boxes, which
+``segment`` and ``ground`` read to measure their masks and boxes) and ``out_dir/summary.json``.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ import pyarrow as pa
 
 from pipeline.core.config import ConfigError
 from pipeline.core.masks import coco_segmentation_to_mask, encode_rle
-from pipeline.core.schemas import MASKS_SCHEMA
+from pipeline.core.schemas import MASKS_SCHEMA, REFERENCE_INSTANCES_SCHEMA
 from pipeline.core.tables import read_table, write_json, write_table
 
 log = logging.getLogger(__name__)
@@ -408,6 +410,30 @@ def build_reference_masks(captions: pa.Table, nouns: pa.Table, instances: Instan
     return table, summary
 
 
+def _mask_bbox(ann: dict, instances: Instances) -> tuple[float, float, float, float]:
+    """COCO xywh box of an annotation without ``bbox``, from its segmentation."""
+    mask = coco_segmentation_to_mask(ann["segmentation"], *instances.sizes[int(ann["image_id"])])
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return 0.0, 0.0, 0.0, 0.0
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min())
+
+
+def reference_instances(masks: pa.Table, nouns: pa.Table, instances: Instances) -> pa.Table:
+    """The matched nouns' categories and instance boxes (``REFERENCE_INSTANCES_SCHEMA``)."""
+    lemmas = dict(zip(nouns.column("noun_id").to_pylist(), nouns.column("lemma").to_pylist()))
+    rows = []
+    for r in masks.select(["noun_id", "image_id"]).to_pylist():
+        candidates, _ = category_candidates(lemmas[r["noun_id"]], instances.categories)
+        category = next(c for c in candidates if instances.present(r["image_id"], c))
+        for ann in instances.annotations[(r["image_id"], category)]:
+            x, y, w, h = (float(v) for v in ann["bbox"]) if "bbox" in ann else _mask_bbox(ann, instances)
+            rows.append({"noun_id": r["noun_id"], "image_id": r["image_id"], "category": category,
+                         "annotation_id": int(ann["id"]), "iscrowd": bool(ann.get("iscrowd", 0)),
+                         "x0": x, "y0": y, "x1": x + w, "y1": y + h})
+    return pa.Table.from_pylist(rows, schema=REFERENCE_INSTANCES_SCHEMA)
+
+
 def run_reference_masks(cfg: ReferenceMasksConfig, captions_path: str | Path, nouns_path: str | Path) -> dict:
     """Read the tables and the instances file, write ``out_dir``/masks/part-00000.parquet and
     ``out_dir``/summary.json; return the summary."""
@@ -420,6 +446,7 @@ def run_reference_masks(cfg: ReferenceMasksConfig, captions_path: str | Path, no
         if stale.name != SHARD_NAME:
             stale.unlink()
     write_table(table, masks_dir / SHARD_NAME)
+    write_table(reference_instances(table, nouns, instances), Path(cfg.out_dir) / "instances.parquet")
     write_json(summary, Path(cfg.out_dir) / "summary.json")
     log.info(
         "%s: %d nouns -> %d matched, %d unmatched, %d without an instance in their image -> %s",

@@ -2,7 +2,9 @@
 
 ``segment_image`` embeds an image once and decodes all of its boxes in one batched
 mask-decoder call (one mask per box, ``multimask_output=False``); a noun's mask is the union
-of its boxes' masks (``union_masks``).
+of its boxes' masks (``union_masks``). SAM-HQ works the same way through its own predictor
+(``make_predictor``): the HQ encoder's early features are kept with the embedding at
+``set_image``, and the mask is the package's default SAM + HQ token sum (``hq_token_only=False``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,17 @@ import numpy as np
 import torch
 from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
+
+
+def make_predictor(sam: Sam, model_type: str):
+    """The predictor of ``model_type``'s package: ``segment_anything_hq``'s for ``hq_*`` types."""
+    if model_type.startswith("hq_"):
+        from pipeline.models.sam_hq import import_segment_anything_hq
+
+        HQPredictor = import_segment_anything_hq().SamPredictor  # noqa: N806
+
+        return HQPredictor(sam)
+    return SamPredictor(sam)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The ``segment`` stage: boxes + images -> per-noun binary masks (SAM).
+"""The ``segment`` stage: boxes + images -> per-noun binary masks (SAM or SAM-HQ).
 
 Per image, SAM's image encoder runs once and all distinct boxes of the image are decoded
 in one batched call (one mask per box). A noun's mask is the union of its boxes' masks.
@@ -36,8 +36,8 @@ from pipeline.core.tables import (
     write_json,
     write_table,
 )
-from pipeline.data.sam_masks import segment_image, union_masks
-from pipeline.models.sam import CONFIG_NAME, MODEL_TYPES, ModelType, load_sam
+from pipeline.data.sam_masks import make_predictor, segment_image, union_masks
+from pipeline.models.sam import CONFIG_NAME, MODEL_TYPES, TINY_TYPES, ModelType, load_sam
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,13 @@ log = logging.getLogger(__name__)
 class SegmentConfig:
     """``segment`` section of params.yaml."""
 
-    model_type: ModelType           # vit_h | vit_l | vit_b (official checkpoints) | tiny (demo)
-    checkpoint: str                 # a raw SAM state dict (.pth); tiny: config.json beside it
+    model_type: ModelType           # vit_h | vit_l | vit_b | hq_vit_h | hq_vit_l | hq_vit_b | tiny | hq_tiny
+    checkpoint: str                 # a raw SAM / SAM-HQ state dict (.pth); tiny types: config.json beside it
     shard_size: int                 # images per output shard
     device: str                     # auto | cpu | cuda | cuda:N
     export_png: bool                # also write every mask as a PNG for inspection
     out_dir: str
+    reference: str = ""             # reference_masks out_dir: IoU with the human masks; "" = off
 
     def validate(self) -> None:
         if self.model_type not in MODEL_TYPES:
@@ -70,15 +71,13 @@ def segment_fingerprint(cfg: SegmentConfig, captions_path: str | Path, boxes_pat
                         images: list[str]) -> str:
     """What the shards are keyed by: the params, the code, and the bytes of every input (tables,
     images, the checkpoint and, for the tiny model, its config.json)."""
-    weights = [cfg.checkpoint] + ([Path(cfg.checkpoint).parent / CONFIG_NAME] if cfg.model_type == "tiny" else [])
+    weights = [cfg.checkpoint] + ([Path(cfg.checkpoint).parent / CONFIG_NAME] if cfg.model_type in TINY_TYPES else [])
     inputs = inputs_digest(captions_path, boxes_path, *images, *weights)
     return fingerprint(_segment_fields(cfg), inputs, code_digest(__name__))
 
 
 def run_segment(cfg: SegmentConfig, captions_path: str | Path, boxes_path: str | Path) -> dict | None:
     """Run the stage; returns the summary on the main process."""
-    from segment_anything import SamPredictor
-
     captions = read_table(captions_path, columns=["image_id", "path"]).to_pylist()
     image_paths = {r["image_id"]: r["path"] for r in captions}
     boxes = read_table(boxes_path).to_pylist()
@@ -90,7 +89,7 @@ def run_segment(cfg: SegmentConfig, captions_path: str | Path, boxes_path: str |
 
     world = World.from_accelerate(resolve_device(cfg.device))
     device = world.device
-    predictor = SamPredictor(load_sam(cfg.model_type, cfg.checkpoint, device))
+    predictor = make_predictor(load_sam(cfg.model_type, cfg.checkpoint, device), cfg.model_type)
 
     def shard(image_ids: list[int]) -> tuple[pa.Table, pa.Table]:
         rows: list[dict] = []
@@ -121,7 +120,43 @@ def run_segment(cfg: SegmentConfig, captions_path: str | Path, boxes_path: str |
 
         render_all_overlays(captions_path, boxes_path, out / "masks", out / "overlays")
     summary = _summary(boxes, masks, result.rejects.num_rows, len(items))
+    if cfg.reference:
+        summary["mask_quality"] = report_mask_quality(masks, cfg.reference, image_paths, out,
+                                                      random_model=cfg.model_type in TINY_TYPES)
     write_json(summary, out / "summary.json")
+    return summary
+
+
+WORST_CASES = 8
+
+
+def report_mask_quality(masks: pa.Table, reference: str | Path, image_paths: dict[int, str], out: Path,
+                        random_model: bool) -> dict:
+    """IoU of the automatic masks with the reference masks (``pipeline.data.mask_quality``):
+    writes ``mask_iou_by_category.csv`` and ``mask_iou_worst.png`` into ``out``, returns the summary."""
+    from pipeline.core.tables import write_csv
+    from pipeline.data.mask_quality import compare_masks, worst_cases_figure
+
+    reference = Path(reference)
+    ref = read_table(reference / "masks").to_pylist()
+    cats = read_table(reference / "instances.parquet", columns=["noun_id", "category"]).to_pylist()
+    categories = {r["noun_id"]: r["category"] for r in cats}
+    auto_rows = {r["noun_id"]: r for r in masks.to_pylist()}
+    auto = {nid: decode_rle(r["rle"], r["height"], r["width"]) for nid, r in auto_rows.items()
+            if nid in {x["noun_id"] for x in ref}}
+    human = {r["noun_id"]: decode_rle(r["rle"], r["height"], r["width"]) for r in ref}
+    per_noun, summary, per_category = compare_masks(auto, human, categories)
+    write_csv(per_category, ["category", "nouns", "mean_iou", "share_iou_ge_0_5"], out / "mask_iou_by_category.csv")
+    cases = []
+    for r in sorted(per_noun, key=lambda r: (r["iou"], r["noun_id"]))[:WORST_CASES]:
+        row = auto_rows[r["noun_id"]]
+        cases.append({"image": np.asarray(load_rgb(image_paths[row["image_id"]])), "auto": auto[r["noun_id"]],
+                      "reference": human[r["noun_id"]],
+                      "label": f"noun {r['noun_id']} '{row['text']}' ({r['category']}): IoU {r['iou']:.3f}"})
+    worst_cases_figure(cases, out / "mask_iou_worst.png")
+    summary["quality_measure"] = not random_model
+    if random_model:
+        summary["note"] = "tiny random SAM: these IoUs test the plumbing, they measure no mask quality"
     return summary
 
 

@@ -10,6 +10,11 @@ with the same architecture code (``Sam``, ``ImageEncoderViT``, ``PromptEncoder``
 checkpoint format: a raw state dict written with ``torch.save``. ``config.json`` next to it
 holds the numbers, so ``load_sam`` rebuilds the architecture and then loads the weights through
 the same code as the real checkpoints. Box prompts -> masks: ``pipeline.data.sam_masks``.
+
+SAM-HQ (``hq_vit_h | hq_vit_l | hq_vit_b | hq_tiny``, the paper's segmenter) is built by
+``pipeline.models.sam_hq`` and loaded here by the same path. A checkpoint of the other family
+(an HQ checkpoint given as a plain SAM type, or a plain one as an HQ type) stops with an
+error naming the file, the expected architecture and what the file holds.
 """
 
 from __future__ import annotations
@@ -38,8 +43,10 @@ from pipeline.core.tables import write_json
 
 log = logging.getLogger(__name__)
 
-ModelType = Literal["vit_h", "vit_l", "vit_b", "tiny"]
-MODEL_TYPES: tuple[str, ...] = ("vit_h", "vit_l", "vit_b", "tiny")
+ModelType = Literal["vit_h", "vit_l", "vit_b", "tiny", "hq_vit_h", "hq_vit_l", "hq_vit_b", "hq_tiny"]
+SAM_MODEL_TYPES: tuple[str, ...] = ("vit_h", "vit_l", "vit_b", "tiny")
+MODEL_TYPES: tuple[str, ...] = (*SAM_MODEL_TYPES, "hq_vit_h", "hq_vit_l", "hq_vit_b", "hq_tiny")
+TINY_TYPES: tuple[str, ...] = ("tiny", "hq_tiny")  # architecture from config.json beside the checkpoint
 CHECKPOINT_NAME = "sam_tiny.pth"
 CONFIG_NAME = "config.json"
 
@@ -201,32 +208,67 @@ def _torch_device(device: str | torch.device) -> torch.device:
     return torch.device(resolve_device(device))
 
 
+def is_hq(model_type: str) -> bool:
+    """Is ``model_type`` a SAM-HQ type (``hq_*``)?"""
+    return model_type.startswith("hq_")
+
+
 def build_architecture(model_type: str, checkpoint: str | Path) -> Sam:
-    """An untrained SAM with the architecture of ``model_type`` (``tiny``: from config.json)."""
-    if model_type == "tiny":
-        return build_sam(read_architecture(Path(checkpoint).parent / CONFIG_NAME))
+    """An untrained SAM (or SAM-HQ) of ``model_type`` (``tiny``/``hq_tiny``: from config.json)."""
+    if model_type in TINY_TYPES:
+        config_path = Path(checkpoint).parent / CONFIG_NAME
+        arch = read_architecture(config_path)
+        written = json.loads(config_path.read_text()).get("model_type", "tiny")
+        if written != model_type:
+            raise ValueError(f"{checkpoint}: model_type {model_type!r} expected, but {config_path} describes "
+                             f"a {written!r} model")
+        if is_hq(model_type):
+            from pipeline.models.sam_hq import build_sam_hq
+
+            return build_sam_hq(arch)
+        return build_sam(arch)
     if model_type in ("vit_h", "vit_l", "vit_b"):
         return sam_model_registry[model_type](checkpoint=None)
+    if model_type in ("hq_vit_h", "hq_vit_l", "hq_vit_b"):
+        from pipeline.models.sam_hq import build_official_hq
+
+        return build_official_hq(model_type)
     raise ValueError(f"unknown SAM model_type {model_type!r}; expected one of {list(MODEL_TYPES)}")
+
+
+def _check_family(model_type: str, checkpoint: Path, state: dict) -> None:
+    """An HQ checkpoint for a plain SAM type, or the reverse, is an error naming both."""
+    from pipeline.models.sam_hq import HQ_KEY_PREFIXES, is_hq_state_dict
+
+    found_hq = is_hq_state_dict(state)
+    if found_hq != is_hq(model_type):
+        expected = "SAM-HQ (segment-anything-hq)" if is_hq(model_type) else "SAM (segment-anything)"
+        found = ("a SAM-HQ checkpoint (it has mask_decoder.hf_token and the other HQ decoder tensors)" if found_hq
+                 else f"a plain SAM checkpoint (no {HQ_KEY_PREFIXES[0]} or other HQ decoder tensors)")
+        other = f"hq_{model_type}" if not is_hq(model_type) else model_type.removeprefix("hq_")
+        raise ValueError(f"{checkpoint}: segment.model_type {model_type!r} expects a {expected} checkpoint, "
+                         f"but the file is {found}; set segment.model_type to {other!r} or use the matching file")
 
 
 def load_sam(model_type: str, checkpoint: str | Path, device: str | torch.device = "cpu") -> Sam:
     """Build SAM ``model_type`` and load ``checkpoint`` (a raw state dict) strictly, in eval mode.
 
-    The official ``sam_vit_{h,l,b}_*.pth`` and the tiny demo checkpoint go through the same
-    ``torch.load(weights_only=True)`` + ``load_state_dict(strict=True)`` path.
+    The official ``sam_vit_{h,l,b}_*.pth`` and ``sam_hq_vit_{h,l,b}.pth``, and the tiny
+    checkpoints, go through the same ``torch.load(weights_only=True)`` +
+    ``load_state_dict(strict=True)`` path.
     """
     if model_type not in MODEL_TYPES:
         raise ValueError(f"unknown SAM model_type {model_type!r}; expected one of {list(MODEL_TYPES)}")
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
-        hint = " (build it with the demo_models stage)" if model_type == "tiny" else ""
+        hint = " (build it with the demo_models stage)" if model_type in TINY_TYPES else ""
         raise FileNotFoundError(f"SAM checkpoint not found: {checkpoint}{hint}")
     target = _torch_device(device)
-    sam = build_architecture(model_type, checkpoint)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise ValueError(f"{checkpoint}: expected a state dict, got {type(state).__name__}")
+    _check_family(model_type, checkpoint, state)
+    sam = build_architecture(model_type, checkpoint)
     try:
         sam.load_state_dict(state, strict=True)
     except RuntimeError as e:

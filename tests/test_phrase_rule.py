@@ -1,0 +1,85 @@
+"""The two box-to-phrase rules of ``ground`` on hand-made Grounding DINO outputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from pipeline.core.config import from_dict
+from pipeline.data.ground import GroundConfig, _boxes_without_noun, _rows_for_image
+from pipeline.data.phrase_boxes import Detection, _detections, build_prompts
+from pipeline.models.grounding_dino_tiny import build_tiny_bert
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return AutoTokenizer.from_pretrained(str(build_tiny_bert(tmp_path_factory.mktemp("bert"), seed=0)))
+
+
+def _case(tokenizer):
+    (prompt,) = build_prompts(["dog", "teddy bear"], tokenizer)
+    ids = tokenizer(prompt.text)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids) == ["[CLS]", "dog", ".", "teddy", "bear", ".", "[SEP]"]
+    CLS, DOG, SEP1, TEDDY, BEAR, _, SEP = range(7)
+    probs = torch.zeros(6, 256)
+    probs[0, DOG] = 0.6                          # plainly "dog"
+    probs[1, [TEDDY, BEAR]] = torch.tensor([0.5, 0.4])  # plainly "teddy bear"
+    probs[2, [TEDDY, BEAR]] = torch.tensor([0.5, 0.1])  # only "teddy" passes text_threshold
+    probs[3, [SEP1, DOG]] = torch.tensor([0.9, 0.3])    # the separator holds the maximum
+    probs[4, [DOG, TEDDY]] = torch.tensor([0.3, 0.3])   # spread over two phrases
+    probs[5, [DOG, SEP]] = torch.tensor([0.2, 0.3])     # only [SEP] passes box_threshold
+    boxes = torch.tensor([[0.1 * (q + 1), 0.5, 0.1, 0.2] for q in range(6)])  # cxcywh, one x per query
+    return prompt, probs, boxes
+
+
+def _by_query(dets):
+    """Query q's box has centre x = 10 * (q + 1) px on a 100 px image."""
+    return {round((d.box_xyxy[0] + d.box_xyxy[2]) / 20) - 1: (d.phrase_index, round(d.score, 4), d.phrase)
+            for d in dets}
+
+
+def test_best_phrase_rule(tokenizer):
+    prompt, probs, boxes = _case(tokenizer)
+    dets = _detections(probs, boxes, prompt, tokenizer, 0.25, 0.25, 100, 100, "best_phrase")
+    assert _by_query(dets) == {
+        0: (0, 0.6, "dog"),
+        1: (1, 0.5, "teddy bear"),
+        2: (1, 0.5, "teddy"),          # the best phrase's token score, whatever is decoded
+        3: (0, 0.3, "dog"),            # the separator's 0.9 is not a phrase token
+        4: (0, 0.3, "dog teddy"),      # tie: the first phrase
+    }                                  # query 5: best phrase score 0.2 -> dropped
+
+
+def test_official_rule(tokenizer):
+    prompt, probs, boxes = _case(tokenizer)
+    dets = _detections(probs, boxes, prompt, tokenizer, 0.25, 0.25, 100, 100, "official")
+    assert _by_query(dets) == {
+        0: (0, 0.6, "dog"),
+        1: (1, 0.5, "teddy bear"),
+        2: (-1, 0.5, "teddy"),         # decoded "teddy" is no phrase: a box without a noun
+        3: (0, 0.9, "dog"),            # kept and scored by the separator's 0.9
+        4: (-1, 0.3, "dog teddy"),
+        5: (-1, 0.3, ""),              # kept by [SEP]; nothing passes text_threshold
+    }
+    higher = _detections(probs, boxes, prompt, tokenizer, 0.55, 0.25, 100, 100, "official")
+    assert sorted(_by_query(higher)) == [0, 3]
+
+
+def test_boxes_without_noun_are_recorded_rejects():
+    nouns = [{"noun_id": 7000, "caption_id": 7, "image_id": 3, "text": "dog"},
+             {"noun_id": 7001, "caption_id": 7, "image_id": 3, "text": "teddy bear"}]
+    dets = [Detection(0, (1.0, 2.0, 3.0, 4.0), 0.6, "dog"), Detection(-1, (5.0, 6.0, 7.0, 8.0), 0.5, "teddy"),
+            Detection(-1, (0.0, 0.0, 9.0, 9.0), 0.3, "")]
+    rows = _rows_for_image(nouns, ["dog", "teddy bear"], dets)
+    assert [(r["noun_id"], r["found"]) for r in rows] == [(7000, True), (7001, False)]
+    rejects = _boxes_without_noun(3, dets)
+    assert [(k, why) for k, why, _ in rejects] == [("3:box0", "phrase_matches_no_noun"),
+                                                   ("3:box1", "phrase_matches_no_noun")]
+    assert "'teddy'" in rejects[0][2] and "0.500" in rejects[0][2]
+
+
+def test_phrase_rule_param():
+    assert from_dict(GroundConfig, {"phrase_rule": "official"}, "ground").phrase_rule == "official"
+    with pytest.raises(ValueError, match="phrase_rule"):
+        from_dict(GroundConfig, {"phrase_rule": "nearest"}, "ground")
