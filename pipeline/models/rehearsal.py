@@ -144,11 +144,10 @@ def sd_scheduler(variant: str):
     from diffusers import DDIMScheduler, PNDMScheduler
 
     v = SD_VARIANTS[variant]
-    common = dict(SD_BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                  prediction_type=v["prediction_type"])
+    common = dict(SD_BETAS, set_alpha_to_one=False, steps_offset=1, prediction_type=v["prediction_type"])
     if v["scheduler"] == "pndm":
         return PNDMScheduler(**common, skip_prk_steps=True)
-    return DDIMScheduler(**common)
+    return DDIMScheduler(**common, clip_sample=False)
 
 
 def owl_model(kind: str):
