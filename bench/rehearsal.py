@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dvc", default="dvc")
     args = p.parse_args(argv)
     setup_logging("INFO")
-    from stages.profiles import use
-
-    params_path = use(args.profile)
+    # the profile switch as a user runs it (validates, then writes params.yaml)
+    subprocess.run([sys.executable, "-m", "stages.profiles", "use", args.profile], check=True)
+    params_path = Path("params.yaml")
     params = yaml.safe_load(params_path.read_text())
     torch_home = Path(params["rehearsal_models"]["out_dir"]).resolve() / "torch"
     env = {**os.environ, "TORCH_HOME": str(torch_home)}
