@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test bench clean-partial
+.PHONY: setup repro test bench rehearsal gpu-report gpu-wheels clean-partial
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,17 @@ test: setup
 
 bench: setup
 	python -m bench
+
+# the paper-sd14 recipe with the real architectures (random weights) on a few coco-mini images (CPU, <= 60 min)
+rehearsal: setup
+	python -m bench.rehearsal --profile rehearsal-sd14
+
+# one GPU, <= 8 min: training step, Grounding DINO, SAM, generation, OWLv2 at the paper's sizes
+gpu-report: setup
+	python -m bench --gpu
+
+gpu-wheels:
+	bash bench/gpu_wheels.sh
 
 clean-partial:
 	rm -rf data/.partial

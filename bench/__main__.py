@@ -1,6 +1,7 @@
 """Run every benchmark in one process and print one table.
 
     python -m bench            # or: make bench
+    python -m bench --gpu [--quick]   # or: make gpu-report (bench/gpu_report.py)
 
 Each benchmark module exposes ``run() -> list[dict]`` rows (group, metric, value, unit, note).
 """
@@ -18,6 +19,14 @@ from .common import to_markdown
 
 
 def main() -> None:
+    import sys
+
+    if "--gpu" in sys.argv[1:]:
+        from . import gpu_report
+
+        setup_logging("INFO")
+        print(gpu_report.report(quick="--quick" in sys.argv[1:]))
+        return
     setup_logging("WARNING")
     rows = bench_nouns.run() + bench_masks.run() + bench_train.run() + bench_eval.run()
     print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "

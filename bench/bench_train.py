@@ -76,6 +76,7 @@ EXTRA_MODES = ("capture-only",)
 MODELS = {
     # name: (block_out_channels, image resolution in px)
     "small": ((64, 128, 256, 256), 256),
+    "quick": ((32, 32, 64, 64), 64),          # the GPU report's --quick mode (CPU, test suite)
     "sd14": ((320, 640, 1280, 1280), 512),
 }
 VAE_FACTOR = 8

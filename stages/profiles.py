@@ -55,12 +55,14 @@ def validate(path: Path) -> None:
     from pipeline.demo import DemoDataConfig
     from pipeline.evaluate.config import EvaluateConfig
     from pipeline.evaluate.prompt_files import PromptDownloadConfig
+    from pipeline.models.rehearsal import RehearsalModelsConfig
     from pipeline.models.tiny import DemoModelsConfig
     from pipeline.train.loop import TrainConfig
 
     sections = {
         "demo_data": DemoDataConfig,
         "demo_models": DemoModelsConfig,
+        "rehearsal_models": RehearsalModelsConfig,
         "coco_download": CocoDownloadConfig,
         "captions": CaptionsConfig,
         "nouns": NounsConfig,

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-ALL_STAGES = ["demo_data", "demo_models", "coco_download", "captions", "nouns", "ground", "segment",
+ALL_STAGES = ["demo_data", "demo_models", "rehearsal_models", "coco_download", "captions", "nouns", "ground", "segment",
               "reference_masks", "train", "multigen_prompts", "evaluate@base", "evaluate@tokencompose"]
 
 

@@ -93,3 +93,78 @@ def test_nested_sections_are_typed_and_checked():
         from_dict(EvaluateConfig, {**ev, "models": {"base": 3}}, "evaluate")
     with pytest.raises(ConfigError, match="keep_threshold <= threshold"):
         from_dict(EvaluateConfig, {**ev, "multigen": {**ev["multigen"], "keep_threshold": 0.5}}, "evaluate")
+
+
+# Keys a rehearsal profile may change against its paper profile: model paths, data paths,
+# counts, output folders and URLs. Anything else (resolutions, thresholds, supervised layers,
+# losses, optimizer, precision, batch, accumulation, ...) must stay the paper's.
+REHEARSAL_MAY_DIFFER = (
+    "rehearsal_models.*", "coco_download.urls", "multigen_prompts.*", "*.out_dir",
+    # data: coco-mini in COCO format (no TokenCompose metadata.jsonl, hence no official noun lists)
+    "captions.format", "captions.source", "captions.coco_captions", "captions.images_dir",
+    "captions.select", "captions.first_n", "captions.ids_file", "nouns.source",
+    "reference_masks.instances_json", "evaluate.multigen.prompts", "evaluate.fid.captions",
+    "evaluate.fid.images_dir",
+    # model paths
+    "ground.checkpoint", "ground.text_encoder", "segment.checkpoint", "train.pretrained",
+    "evaluate.pretrained", "evaluate.models.*", "evaluate.multigen.detector",
+    "evaluate.object_accuracy.detector",
+    # counts
+    "ground.shard_size", "segment.shard_size", "train.max_train_steps", "train.checkpointing_steps",
+    "train.checkpoints_total_limit", "train.heatmap_steps", "train.heatmap_captions",
+    "train.holdout_images", "evaluate.grid_images", "evaluate.generation.steps",
+    "evaluate.multigen.num_prompts", "evaluate.multigen.images_per_prompt",
+    "evaluate.multigen.heatmap_prompts", "evaluate.object_accuracy.num_prompts",
+    "evaluate.object_accuracy.images_per_prompt", "evaluate.fid.num_images",
+    "evaluate.attention.holdout_images",
+)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _forbidden_differences(rehearsal: dict, paper: dict) -> list[str]:
+    import fnmatch
+
+    a, b = _flatten(rehearsal), _flatten(paper)
+    changed = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+    return [k for k in changed if not any(fnmatch.fnmatchcase(k, p) for p in REHEARSAL_MAY_DIFFER)]
+
+
+@pytest.mark.parametrize("variant", ["sd14", "sd21"])
+def test_rehearsal_profile_differs_from_the_paper_only_in_paths_and_counts(variant: str):
+    from stages.profiles import resolve
+
+    rehearsal = resolve(REPO / "configs" / f"rehearsal-{variant}.yaml")
+    paper = resolve(REPO / "configs" / f"paper-{variant}.yaml")
+    assert _forbidden_differences(rehearsal, paper) == []
+    t, p = rehearsal["train"], paper["train"]
+    for key in ("resolution", "attn_blocks", "lambda_token", "gamma_pixel", "loss_mode", "learning_rate",
+                "mixed_precision", "train_batch_size", "gradient_accumulation_steps"):
+        assert t[key] == p[key], key
+    assert t["gradient_accumulation_steps"] == 4 and t["max_train_steps"] >= 2
+    assert rehearsal["ground"]["box_threshold"] == paper["ground"]["box_threshold"]
+    assert f"models/rehearsal/{variant}" == t["pretrained"] == rehearsal["evaluate"]["pretrained"]
+    assert variant in rehearsal["rehearsal_models"]["kinds"]
+    # the check itself catches a changed setting, nested or not
+    for key, value in (("ground", {"box_threshold": 0.3}), ("evaluate", {"generation": {"resolution": 256}})):
+        bad = {**rehearsal, key: {**rehearsal[key], **{k: {**rehearsal[key][k], **v} if isinstance(v, dict) else v
+                                                      for k, v in value.items()}}}
+        assert _forbidden_differences(bad, paper) != []
+
+
+def test_rehearsal_profiles_read_the_shared_coco_subset():
+    from stages.profiles import resolve
+
+    for variant in ("sd14", "sd21"):
+        p = resolve(REPO / "configs" / f"rehearsal-{variant}.yaml")
+        for path in (p["captions"]["source"], p["captions"]["images_dir"], p["reference_masks"]["instances_json"],
+                     p["evaluate"]["multigen"]["prompts"]):
+            assert path.startswith("../shared/"), path

@@ -1,0 +1,83 @@
+"""Rehearsal models: the paper's architectures at small cost (meta device), one real round trip,
+the rehearsal runner's plan, and the GPU report's --quick mode on the CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import yaml
+
+from stagerun import REPO, run_stage
+
+
+def test_paper_architectures_have_the_published_parameter_counts():
+    from pipeline.models.rehearsal import param_counts
+
+    counts = param_counts()
+    assert counts["sd14_unet"] == 859_520_964          # SD1.4's 859.5M UNet
+    assert counts["sd14_vae"] == counts["sd21_vae"] == 83_653_863
+    assert counts["sd14_text_encoder"] == 123_060_480  # CLIP ViT-L/14 text tower
+    assert counts["sd21_unet"] == 865_910_724
+    assert counts["sd21_text_encoder"] == 340_387_840  # OpenCLIP ViT-H/14 text tower, 23 layers
+    assert counts["sam_vit_h"] == 641_090_608          # image encoder 637M + prompt encoder + decoder
+    assert 430e6 < counts["owlv2_large"] < 440e6 and 150e6 < counts["owlvit_base"] < 155e6
+
+
+def test_bert_vocab_has_bert_base_uncased_layout():
+    from pipeline.models.rehearsal import BERT_BASE_UNCASED, rehearsal_wordpiece_vocab
+
+    vocab = rehearsal_wordpiece_vocab()
+    assert len(vocab) == BERT_BASE_UNCASED["vocab_size"] == len(set(vocab))
+    assert [vocab.index(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")] == [0, 100, 101, 102, 103]
+    assert "giraffe" in vocab and "." in vocab
+
+
+def test_stage_builds_fid_inception_that_torchmetrics_loads(tmp_path: Path, monkeypatch):
+    """The smallest real-architecture model, through the stage script, loaded by the FID code."""
+    from pipeline.evaluate.fid import FidMetric
+    from pipeline.models.rehearsal import INCEPTION_CHECKPOINT
+
+    params = {"rehearsal_models": {"kinds": ["inception"], "seed": 3, "out_dir": "models/rehearsal"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run_stage(tmp_path, "stages.rehearsal_models")
+    out = tmp_path / "models/rehearsal"
+    manifest = json.loads((out / "MANIFEST.json").read_text())
+    assert manifest["kinds"] == ["inception"] and manifest["seed"] == 3
+    path = out / INCEPTION_CHECKPOINT
+    first = torch.load(path, weights_only=True)
+    assert first["fc.weight"].shape == (1008, 2048) and len(first) > 300
+    run_stage(tmp_path, "stages.rehearsal_models")          # same seed -> same weights
+    second = torch.load(path, weights_only=True)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    monkeypatch.setenv("TORCH_HOME", str(out / "torch"))     # where torch-fidelity looks, as `make rehearsal` sets
+    metric = FidMetric("inception")
+    loaded = metric.metric.inception.state_dict()
+    assert set(loaded) == set(first)
+    assert all(torch.equal(loaded[k].float(), first[k].float()) for k in first)
+
+
+def test_rehearsal_runner_plans_every_stage_and_the_resume():
+    from bench.rehearsal import stage_order
+    from stages.profiles import resolve
+
+    params = resolve(REPO / "configs" / "rehearsal-sd14.yaml")
+    order = stage_order(REPO / "dvc.yaml", params)
+    assert order.index("rehearsal_models") < order.index("ground") < order.index("train") < order.index("evaluate@base")
+    assert {"evaluate@base", "evaluate@tokencompose"} <= set(order)
+    assert params["train"]["max_train_steps"] >= 2 and params["train"]["checkpointing_steps"] == 1
+
+
+def test_gpu_report_quick_runs_on_the_cpu():
+    from bench.gpu_report import report
+
+    table = report(quick=True, device="cpu")
+    lines = [ln for ln in table.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
+    by_name = {ln.split(" | ")[0][2:]: ln for ln in lines}
+    for mode in ("plain", "tokencompose", "official-style"):
+        assert " s/step" in by_name[f"SD1.4 train step {mode}, fp32 batch 1"]
+    assert any("masks/s" in ln and "skipped" not in ln for ln in lines)
+    assert any(ln.startswith("| tiny SD generation") and "images/s" in ln for ln in lines)
+    assert any(ln.startswith("| OWLv2 tiny") and "images/s" in ln for ln in lines)
+    assert "command: python -m bench --gpu --quick" in table
