@@ -46,7 +46,8 @@ from pipeline.core.tables import write_json
 
 log = logging.getLogger(__name__)
 
-KINDS: tuple[str, ...] = ("sd14", "sd21", "grounding_dino", "sam_vit_h", "owlv2_large", "owlvit_base", "inception")
+KINDS: tuple[str, ...] = ("sd14", "sd21", "grounding_dino", "sam_vit_h", "owlv2_large", "owlvit_base", "inception",
+                          "sam_hq_vit_h")
 
 SD_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
@@ -94,6 +95,7 @@ OWLVIT_BASE32 = dict(
 )
 GD_CHECKPOINT = "groundingdino/groundingdino_swint_ogc.pth"
 SAM_CHECKPOINT = "sam/sam_vit_h_4b8939.pth"
+SAM_HQ_CHECKPOINT = "sam/sam_hq_vit_h.pth"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_CHECKPOINT = f"torch/hub/checkpoints/{INCEPTION_FILE}"
 #: The denoising label embedding the release carries (``dn_labelbook_size`` 2000 + 1, hidden 256).
@@ -317,10 +319,16 @@ def build_grounding_dino(out_dir: Path, seed: int, bert_dir: Path) -> Path:
     return path
 
 
-def build_sam_vit_h(out_dir: Path, seed: int) -> Path:
-    """``sam_vit_h_4b8939.pth``: segment_anything's vit_h state dict (position embeddings randomised too)."""
+def build_sam_vit_h(out_dir: Path, seed: int, hq: bool = False) -> Path:
+    """``sam_vit_h_4b8939.pth`` (segment_anything's vit_h) or, ``hq``, ``sam_hq_vit_h.pth``
+    (segment_anything_hq's): raw state dicts, position embeddings randomised too."""
     def build():
-        sam = sam_vit_h()
+        if hq:
+            from pipeline.models.sam_hq import build_official_hq
+
+            sam = build_official_hq("hq_vit_h")
+        else:
+            sam = sam_vit_h()
         with torch.no_grad():
             for name, param in sam.image_encoder.named_parameters():
                 if name == "pos_embed" or name.endswith(("rel_pos_h", "rel_pos_w")):
@@ -328,7 +336,7 @@ def build_sam_vit_h(out_dir: Path, seed: int) -> Path:
         return sam
 
     sam = _seeded(seed, build)
-    path = out_dir / SAM_CHECKPOINT
+    path = out_dir / (SAM_HQ_CHECKPOINT if hq else SAM_CHECKPOINT)
     _save_state({k: v.contiguous() for k, v in sam.state_dict().items()}, path)
     return path
 
@@ -394,8 +402,8 @@ def build_rehearsal_models(cfg: RehearsalModelsConfig) -> dict[str, str]:
             bert = build_bert(out, seed)
             paths["bert"] = str(bert)
             paths[kind] = str(build_grounding_dino(out, seed + 10, bert))
-        elif kind == "sam_vit_h":
-            paths[kind] = str(build_sam_vit_h(out, seed))
+        elif kind in ("sam_vit_h", "sam_hq_vit_h"):
+            paths[kind] = str(build_sam_vit_h(out, seed, hq=kind == "sam_hq_vit_h"))
         elif kind in ("owlv2_large", "owlvit_base"):
             paths[kind] = str(build_owl(out, kind.split("_")[0], seed, tokenizer_dir))
         elif kind == "inception":
