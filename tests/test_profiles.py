@@ -28,7 +28,7 @@ def test_paper_profile_has_the_paper_settings():
     assert (p["ground"]["image_size"], p["ground"]["max_size"]) == (800, 1333)
     assert p["ground"]["config"] == "GroundingDINO_SwinT_OGC.py"
     assert p["segment"]["model_type"] == "vit_h"
-    assert p["captions"]["format"] == "tokencompose"
+    assert p["dataset"]["format"] == "tokencompose"
 
 
 def test_use_copies_a_valid_profile_and_refuses_a_broken_one(tmp_path: Path):
