@@ -7,7 +7,7 @@ Reads section ``captions`` (``pipeline.data.captions.CaptionsConfig``); writes `
 
 from __future__ import annotations
 
-from pipeline.core.cli import parse
+from pipeline.core.cli import parse, run_main
 from pipeline.core.config import load_section
 from pipeline.data.captions import CaptionsConfig, run_captions
 
@@ -24,4 +24,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "captions")

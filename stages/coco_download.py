@@ -9,7 +9,7 @@ resume on the next run; extracted archives are skipped.
 
 from __future__ import annotations
 
-from pipeline.core.cli import parse
+from pipeline.core.cli import parse, run_main
 from pipeline.core.config import load_section
 from pipeline.data.coco_download import CocoDownloadConfig, fetch_archives
 
@@ -22,4 +22,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "coco_download")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from pipeline.core.cli import run_main
 from pipeline.core.config import DEFAULT_PARAMS, load_section
 from pipeline.core.logs import setup_logging
 from pipeline.demo import DemoDataConfig, generate_demo
@@ -38,4 +39,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "demo_data")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.core.cli import parse
+from pipeline.core.cli import parse, run_main
 from pipeline.core.config import load_section
 from pipeline.models.tiny import DemoModelsConfig, build_tiny_models
 
@@ -15,4 +15,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "demo_models")

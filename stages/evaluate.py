@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from pipeline.core.cli import parse
+from pipeline.core.cli import parse, run_main
 from pipeline.core.config import load_section
 from pipeline.evaluate.config import EvaluateConfig
 from pipeline.evaluate.run import regenerate, run_evaluate
@@ -33,4 +33,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "evaluate")

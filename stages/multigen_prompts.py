@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.core.cli import parse
+from pipeline.core.cli import parse, run_main
 from pipeline.core.config import load_section
 from pipeline.evaluate.prompt_files import PromptDownloadConfig, fetch_prompt_files
 
@@ -16,4 +16,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "multigen_prompts")

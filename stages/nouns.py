@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from pipeline.core.cli import run_main
 from pipeline.core.config import DEFAULT_PARAMS, load_section
 from pipeline.core.logs import setup_logging
 from pipeline.data.nouns import NounsConfig, run_nouns
@@ -32,4 +33,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "nouns")

@@ -45,7 +45,7 @@ def resolve(path: Path) -> dict:
 
 def validate(path: Path) -> None:
     """Load every section of a profile into its typed config (raises ConfigError)."""
-    from pipeline.core.config import from_dict
+    from pipeline.core.config import DatasetConfig, from_dict, with_dataset
     from pipeline.data.captions import CaptionsConfig
     from pipeline.data.coco_download import CocoDownloadConfig
     from pipeline.data.ground import GroundConfig
@@ -60,6 +60,7 @@ def validate(path: Path) -> None:
     from pipeline.train.loop import TrainConfig
 
     sections = {
+        "dataset": DatasetConfig,
         "demo_data": DemoDataConfig,
         "demo_models": DemoModelsConfig,
         "rehearsal_models": RehearsalModelsConfig,
@@ -78,7 +79,7 @@ def validate(path: Path) -> None:
     if missing:
         raise ConfigError(f"{path}: missing section(s) {missing}")
     for name, cls in sections.items():
-        from_dict(cls, params[name], f"{path}:{name}")
+        from_dict(cls, with_dataset(params, name, str(path)), f"{path}:{name}")
 
 
 def use(name: str, configs: Path = CONFIGS, target: Path = Path("params.yaml")) -> Path:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from pipeline.core.cli import parse
+from pipeline.core.cli import parse, run_main
 from pipeline.core.config import load_section
 from pipeline.data.reference_masks import ReferenceMasksConfig, run_reference_masks
 
@@ -29,4 +29,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "reference_masks")

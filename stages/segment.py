@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pipeline.core.cli import parse
+from pipeline.core.cli import parse, run_main
 from pipeline.core.config import load_section
 from pipeline.data.segment import SegmentConfig, run_segment
 
@@ -22,4 +22,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "segment")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from pipeline.core.cli import parse
+from pipeline.core.cli import parse, run_main
 from pipeline.core.config import load_section
 from pipeline.train.loop import TrainConfig, run_train
 
@@ -26,4 +26,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "train")

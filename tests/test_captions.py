@@ -116,7 +116,7 @@ def test_bad_inputs_rejected_with_reasons(bad_dataset: Path, monkeypatch) -> Non
     real_probe = coco.probe
     monkeypatch.setattr(coco, "probe", lambda p: decoded.append(Path(p).name) or real_probe(p))
 
-    cfg = cfg_for(bad_dataset)
+    cfg = cfg_for(bad_dataset, max_reject_share=1.0)  # every reason on purpose: more rejects than kept
     summary = run_captions(cfg, workers=2)
     out = bad_dataset / "out"
     table = pq.read_table(out / "captions.parquet")
@@ -416,18 +416,22 @@ def test_coco_mini(coco_mini: Path, tmp_path: Path) -> None:
     assert one.summary["kept"] == 80 and one.summary["not_selected"] == 320
 
 
+def coco_mini_dataset(coco_mini: Path, **over) -> dict:
+    """Section ``dataset`` for coco-mini (its captions also serve as the FID split)."""
+    ann = coco_mini / "annotations"
+    return {"format": "coco", "captions": str(ann / "captions_train2017.json"),
+            "images_dir": str(coco_mini / "train2017"), "instances": str(ann / "instances_train2017.json"),
+            "fid_captions": str(ann / "captions_train2017.json"), "fid_images_dir": str(coco_mini / "train2017"),
+            **over}
+
+
 def test_stage_script(coco_mini: Path, tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     out = tmp_path / "out"
-    params.write_text(yaml.safe_dump({"captions": {
-        "format": "coco",
-        "source": str(coco_mini / "annotations" / "captions_train2017.json"),
-        "images_dir": str(coco_mini / "train2017"),
-        "select": "first_n",
-        "first_n": 10,
-        "ids_file": None,
-        "out_dir": str(out),
-    }}))
+    params.write_text(yaml.safe_dump({
+        "dataset": coco_mini_dataset(coco_mini),
+        "captions": {"select": "first_n", "first_n": 10, "ids_file": None, "out_dir": str(out)},
+    }))
     proc = subprocess.run([sys.executable, "-m", "stages.captions", "--params", str(params)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -437,8 +441,8 @@ def test_stage_script(coco_mini: Path, tmp_path: Path) -> None:
     assert pq.read_table(out / "rejects.parquet").num_rows == 0
     assert "decode images" in proc.stderr  # the progress bar
 
-    bogus = {"format": "coco", "source": "x.json", "images_dir": "x", "bogus": 1}
-    params.write_text(yaml.safe_dump({"captions": bogus}))
+    bogus = {"out_dir": "x", "bogus": 1}
+    params.write_text(yaml.safe_dump({"dataset": coco_mini_dataset(coco_mini), "captions": bogus}))
     proc = subprocess.run([sys.executable, "-m", "stages.captions", "--params", str(params)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "bogus" in proc.stderr

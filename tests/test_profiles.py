@@ -29,7 +29,7 @@ def test_paper_profile_has_the_paper_settings():
     assert p["ground"]["config"] == "GroundingDINO_SwinT_OGC.py"
     assert p["ground"]["phrase_rule"] == "official"
     assert p["segment"]["model_type"] == "hq_vit_h" and p["segment"]["checkpoint"].endswith("sam_hq_vit_h.pth")
-    assert p["captions"]["format"] == "tokencompose"
+    assert p["dataset"]["format"] == "tokencompose"
 
 
 def test_use_copies_a_valid_profile_and_refuses_a_broken_one(tmp_path: Path):
@@ -101,10 +101,8 @@ def test_nested_sections_are_typed_and_checked():
 REHEARSAL_MAY_DIFFER = (
     "rehearsal_models.*", "coco_download.urls", "multigen_prompts.*", "*.out_dir",
     # data: coco-mini in COCO format (no TokenCompose metadata.jsonl, hence no official noun lists)
-    "captions.format", "captions.source", "captions.coco_captions", "captions.images_dir",
-    "captions.select", "captions.first_n", "captions.ids_file", "nouns.source",
-    "reference_masks.instances_json", "evaluate.multigen.prompts", "evaluate.fid.captions",
-    "evaluate.fid.images_dir",
+    "dataset.*", "captions.select", "captions.first_n", "captions.ids_file", "nouns.source",
+    "evaluate.multigen.prompts",
     # model paths
     "ground.checkpoint", "ground.text_encoder", "segment.checkpoint", "train.pretrained",
     "evaluate.pretrained", "evaluate.models.*", "evaluate.multigen.detector",
@@ -165,6 +163,7 @@ def test_rehearsal_profiles_read_the_shared_coco_subset():
 
     for variant in ("sd14", "sd21"):
         p = resolve(REPO / "configs" / f"rehearsal-{variant}.yaml")
-        for path in (p["captions"]["source"], p["captions"]["images_dir"], p["reference_masks"]["instances_json"],
+        d = p["dataset"]
+        for path in (d["captions"], d["images_dir"], d["instances"], d["fid_captions"], d["fid_images_dir"],
                      p["evaluate"]["multigen"]["prompts"]):
             assert path.startswith("../shared/"), path

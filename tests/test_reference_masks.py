@@ -283,6 +283,12 @@ def test_size_mismatch_and_unknown_image_are_errors(tmp_path: Path):
         build_reference_masks(captions.slice(0, 1), nouns, inst)
 
 
+def _dataset(**paths) -> dict:
+    """A ``dataset`` params section (paths not under test are placeholders)."""
+    return {"format": "coco", "captions": "c.json", "images_dir": "images", "instances": "i.json",
+            "fid_captions": "c.json", "fid_images_dir": "images", **paths}
+
+
 def test_stage_script_and_stale_shards(tmp_path: Path):
     path, captions, nouns = _synthetic(tmp_path)
     write_table(captions, tmp_path / "captions.parquet")
@@ -292,7 +298,7 @@ def test_stage_script_and_stale_shards(tmp_path: Path):
     (out / "masks").mkdir(parents=True)
     (out / "masks" / "part-00007.parquet").write_bytes(b"stale")
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"reference_masks": {"instances_json": str(path), "out_dir": str(out)}}))
+    params.write_text(yaml.safe_dump({"dataset": _dataset(instances=str(path)), "reference_masks": {"out_dir": str(out)}}))
     proc = subprocess.run(
         [sys.executable, "-m", "stages.reference_masks", "--params", str(params),
          "--captions", str(tmp_path / "captions.parquet"), "--nouns", str(tmp_path / "nouns.parquet")],
@@ -309,8 +315,13 @@ def test_stage_script_and_stale_shards(tmp_path: Path):
 
 def test_config(tmp_path: Path):
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"reference_masks": {"instances_json": "x.json", "out_dir": "o"}}))
+    params.write_text(yaml.safe_dump({"dataset": _dataset(instances="x.json"), "reference_masks": {"out_dir": "o"}}))
     assert load_section("reference_masks", ReferenceMasksConfig, params) == ReferenceMasksConfig("x.json", "o")
+    # the path has one home, dataset.instances: written in the section too, it is an error
+    params.write_text(yaml.safe_dump({"dataset": _dataset(instances="x.json"),
+                                      "reference_masks": {"instances_json": "y.json", "out_dir": "o"}}))
+    with pytest.raises(ConfigError, match="set by dataset.instances"):
+        load_section("reference_masks", ReferenceMasksConfig, params)
     with pytest.raises(ConfigError, match="unknown key"):
         from_dict(ReferenceMasksConfig, {"instances_json": "x", "out_dir": "o", "extra": 1}, "reference_masks")
     with pytest.raises(ConfigError, match="instances_json"):

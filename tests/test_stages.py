@@ -191,18 +191,16 @@ def test_overlay_command_renders_one_image(grounded: Path):
 def test_real_coco_images_through_every_data_stage(coco_mini: Path, workspace: Path, tmp_path: Path):
     """coco-mini's real photos and captions (one per image, first 16) through captions -> segment."""
     params = small_params()
-    params["captions"].update(
-        source=str(coco_mini / "annotations" / "captions_train2017.json"),
+    params["dataset"].update(
+        captions=str(coco_mini / "annotations" / "captions_train2017.json"),
         images_dir=str(coco_mini / "train2017"),
-        select="first_n",
-        first_n=16,
+        instances=str(coco_mini / "annotations" / "instances_train2017.json"),
     )
+    params["captions"].update(select="first_n", first_n=16)
     ws = tmp_path / "coco"
     ws.mkdir()
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copytree(workspace / "models", ws / "models")
-    params["reference_masks"]["instances_json"] = str(coco_mini / "annotations" / "instances_train2017.json")
-    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for stage in ("captions", "nouns", "reference_masks", "ground", "segment"):
         run_stage(ws, f"stages.{stage}")
     captions = read_table(ws / "data/captions/captions.parquet").to_pylist()

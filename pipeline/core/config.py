@@ -4,17 +4,23 @@ Every stage reads exactly one section of ``params.yaml`` into a frozen dataclass
 lives next to the code it configures (``NounsConfig`` in ``pipeline/data/nouns.py``, ...).
 Unknown keys and missing required keys are errors, so a typo in ``dvc exp run -S`` fails
 loudly instead of being ignored.
+
+The dataset's input files are the exception: they are set once, in section ``dataset``, and
+``load_section`` fills them into the sections that read them (``DATASET_FIELDS``), so every
+stage's paths derive from one place; ``dvc.yaml`` names the same ``${dataset.*}`` keys as deps.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -114,12 +120,68 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
     return obj
 
 
-def load_section(section: str, cls: type[T], params_path: str | Path = DEFAULT_PARAMS) -> T:
-    """Read section ``section`` of ``params_path`` into ``cls``."""
-    params = read_params(params_path)
+# The dataset's files, set once in section ``dataset`` and filled into the sections that read
+# them: section -> {key inside the section (dotted for nested sections): key of ``dataset``}.
+# A filled key may not also be written in its section (two sources of one path would drift).
+DATASET_SECTION = "dataset"
+DATASET_FIELDS: dict[str, dict[str, str]] = {
+    "captions": {"format": "format", "source": "captions", "coco_captions": "coco_captions",
+                 "images_dir": "images_dir", "instances": "instances"},
+    "reference_masks": {"instances_json": "instances"},
+    "evaluate": {"fid.captions": "fid_captions", "fid.images_dir": "fid_images_dir"},
+}
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Section ``dataset``: the COCO-format dataset every stage's input paths come from."""
+
+    format: Literal["coco", "tokencompose"]   # captions file kind: COCO captions json | TokenCompose metadata.jsonl
+    captions: str                             # captions file (captions_train2017.json, metadata.jsonl)
+    images_dir: str                           # folder the captions' file names are relative to
+    instances: str                            # COCO instances json of the same images (reference masks, checks)
+    fid_captions: str                         # FID split: COCO captions json (paper: captions_val2017.json)
+    fid_images_dir: str                       # FID split: its image folder (paper: val2017)
+    coco_captions: str | None = None          # format tokencompose: COCO captions json giving caption ids
+
+    def validate(self) -> None:
+        for name in ("captions", "images_dir", "instances", "fid_captions", "fid_images_dir"):
+            if not getattr(self, name):
+                raise ConfigError(f"dataset.{name} must be non-empty")
+        if self.format == "coco" and self.coco_captions is not None:
+            raise ConfigError("dataset.coco_captions is only used with format 'tokencompose'; set it to null")
+
+
+def with_dataset(params: dict[str, Any], section: str, where: str = "params") -> dict[str, Any]:
+    """Section ``section`` of ``params`` with its dataset paths filled from section ``dataset``."""
     if section not in params:
-        raise ConfigError(f"{params_path}: no section {section!r}")
-    return from_dict(cls, params[section], section)
+        raise ConfigError(f"{where}: no section {section!r}")
+    fields = DATASET_FIELDS.get(section)
+    if not fields:
+        return params[section]
+    if DATASET_SECTION not in params:
+        raise ConfigError(f"{where}: no section {DATASET_SECTION!r} (section {section!r} reads its paths from it)")
+    dataset = from_dict(DatasetConfig, params[DATASET_SECTION], DATASET_SECTION)
+    out = copy.deepcopy(params[section])
+    for key, source in fields.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for name in parents:
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: {section}.{name} must be a mapping")
+        if leaf in node:
+            raise ConfigError(f"{where}: {section}.{key} is set by {DATASET_SECTION}.{source}; "
+                              f"remove it from section {section!r}")
+        node[leaf] = getattr(dataset, source)
+    return out
+
+
+def load_section(section: str, cls: type[T], params_path: str | Path = DEFAULT_PARAMS) -> T:
+    """Read section ``section`` of ``params_path`` into ``cls``, its dataset paths filled from
+    section ``dataset`` (``DATASET_FIELDS``)."""
+    params = read_params(params_path)
+    return from_dict(cls, with_dataset(params, section, str(params_path)), section)
 
 
 def fingerprint(*parts: Any) -> str:

@@ -90,9 +90,11 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from pipeline.core.config import ConfigError
+from pipeline.core.guards import StageInputError, check_rejects
 from pipeline.core.images import RGB_CONVERTIBLE, ImageInfo, probe
 from pipeline.core.schemas import CAPTIONS_SCHEMA
 from pipeline.core.tables import read_table, rejects_table, write_json, write_table
+from pipeline.data.reference_masks import check_instances_match
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +125,16 @@ class CaptionsConfig:
     ids_file: str | None = None
     out_dir: str = "data/captions"
     coco_captions: str | None = None  # tokencompose only: take caption ids from this COCO json
+    instances: str | None = None      # COCO instances json: kept images' ids and sizes checked against it
+    max_reject_share: float = 0.5     # more rejects than this share of the rows checked: the stage fails
 
     def validate(self) -> None:
         if not self.source:
             raise ConfigError("captions.source must be non-empty")
+        if not 0.0 <= self.max_reject_share <= 1.0:
+            raise ConfigError(f"captions.max_reject_share must be in [0, 1], got {self.max_reject_share!r}")
         if self.format == "coco" and self.coco_captions is not None:
-            raise ConfigError("captions.coco_captions is only used with format 'tokencompose'; set it to null")
+            raise ConfigError("dataset.coco_captions is only used with format 'tokencompose'; set it to null")
         if self.select == "first_n":
             if self.first_n is None or self.first_n < 1:
                 raise ConfigError(f"captions.first_n must be >= 1 with select 'first_n', got {self.first_n!r}")
@@ -214,14 +220,35 @@ def _int_field(obj: dict, key: str, where: str) -> int:
 
 
 def _load_json(path: str | Path) -> dict:
+    """A COCO captions json; a file of another kind (instances, TokenCompose jsonl) is a StageInputError."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"captions json not found: {path}")
     with path.open(encoding="utf-8") as f:
-        data = json.load(f)
+        text = f.read()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        first = text.lstrip().split("\n", 1)[0]
+        try:
+            rec = json.loads(first)
+        except json.JSONDecodeError:
+            rec = None
+        if isinstance(rec, dict) and "file_name" in rec and "text" in rec:
+            raise StageInputError(
+                f"{path} is a TokenCompose metadata.jsonl (one JSON object a line), not a COCO captions json: "
+                "set dataset.format: tokencompose") from None
+        raise ValueError(f"{path}: not a JSON file: {e}") from e
     if not (isinstance(data, dict) and isinstance(data.get("images"), list)
             and isinstance(data.get("annotations"), list)):
-        raise ValueError(f"{path}: not a COCO captions file (needs lists 'images' and 'annotations')")
+        raise StageInputError(f"{path}: not a COCO captions file (needs lists 'images' and 'annotations')")
+    anns = data["annotations"]
+    if anns and not any(isinstance(a, dict) and "caption" in a for a in anns):
+        kind = ("a COCO instances file (annotations with category_id and segmentation)"
+                if any(isinstance(a, dict) and "category_id" in a for a in anns) else "not a COCO captions file")
+        raise StageInputError(
+            f"{path} is {kind}: none of its {len(anns)} annotations has a 'caption'. "
+            "dataset.captions must be a COCO captions json such as captions_train2017.json")
     return data
 
 
@@ -302,6 +329,10 @@ def read_tokencompose(path: str | Path, coco_captions: str | Path | None = None)
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n + 1}: invalid JSON: {e}") from e
+            if isinstance(rec, dict) and isinstance(rec.get("images"), list) and "annotations" in rec:
+                raise StageInputError(
+                    f"{path} is a COCO json (keys 'images', 'annotations'), not a TokenCompose metadata.jsonl: "
+                    "set dataset.format: coco")
             if not isinstance(rec, dict) or "file_name" not in rec or "text" not in rec:
                 raise ValueError(f"{path}:{n + 1}: expected an object with 'file_name' and 'text'")
             attn = rec.get("attn_list")
@@ -342,7 +373,7 @@ def read_tokencompose(path: str | Path, coco_captions: str | Path | None = None)
     if by_file is not None and rows and all(r.reason in ("unmatched_caption", "unknown_image") for r in rows):
         raise ValueError(
             f"no line of {path} matches a caption in {coco_captions}; "
-            "set captions.coco_captions: null to number captions by line instead"
+            "set dataset.coco_captions: null to number captions by line instead"
         )
     return rows
 
@@ -497,9 +528,42 @@ def build_captions(cfg: CaptionsConfig, workers: int | None = None) -> CaptionsR
     return CaptionsResult(table=table, rejects=rejects, summary=summary, rows=rows)
 
 
+def reject_hints(cfg: CaptionsConfig) -> dict[str, str]:
+    """What to check when a reason dominates the rejects (params named as the user sets them)."""
+    return {
+        "missing_image": f"is dataset.images_dir ({cfg.images_dir}) the folder holding the images "
+                         f"that {cfg.source} names?",
+        "corrupt_image": f"does dataset.images_dir ({cfg.images_dir}) hold image files?",
+        "unknown_image": "is dataset.captions a complete COCO captions file (and dataset.coco_captions "
+                         "the json of the same split)?",
+        "unmatched_caption": "is dataset.coco_captions the COCO captions json of dataset.captions' images?",
+        "empty_caption": f"is {cfg.source} a captions file?",
+        "duplicate_caption_id": f"is {cfg.source} two files concatenated?",
+        "unsafe_path": "file names must be relative paths under dataset.images_dir",
+        "bad_file_name": "tokencompose file names need the COCO image id's digits; or set dataset.coco_captions",
+    }
+
+
+def check_captions(result: CaptionsResult, cfg: CaptionsConfig) -> None:
+    """Fail on nonsense input: no row kept, or more than ``max_reject_share`` of the rows checked
+    rejected (StageInputError naming the top reasons, an example and what to check)."""
+    s = result.summary
+    examples = {}
+    for r in result.rows:
+        if r.reason is not None and r.reason not in examples:
+            examples[r.reason] = r.detail
+    check_rejects(STAGE, s["kept"] + s["rejected"], s["kept"], s["rejected_by_reason"],
+                  cfg.max_reject_share, unit="captions", hints=reject_hints(cfg), examples=examples)
+
+
 def run_captions(cfg: CaptionsConfig, workers: int | None = None) -> dict[str, Any]:
-    """Build and write ``captions.parquet``, ``rejects.parquet`` and ``summary.json`` to out_dir."""
+    """Build, check (``check_captions``; the images against ``cfg.instances`` when set) and write
+    ``captions.parquet``, ``rejects.parquet`` and ``summary.json`` to out_dir. Nothing is written
+    when a check fails."""
     result = build_captions(cfg, workers)
+    check_captions(result, cfg)
+    if cfg.instances is not None:
+        check_instances_match(result.table, cfg.instances)
     out = Path(cfg.out_dir)
     write_table(result.table, out / "captions.parquet")
     write_table(result.rejects, out / "rejects.parquet")

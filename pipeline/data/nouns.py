@@ -51,6 +51,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from pipeline.core.config import ConfigError
+from pipeline.core.guards import check_rejects
 from pipeline.core.schemas import NOUNS_SCHEMA
 from pipeline.core.tables import read_table, rejects_table, write_json, write_table
 from pipeline.data.tokens import (
@@ -176,10 +177,13 @@ class NounsConfig:
     source: str = "spacy"                # spacy | official (TokenCompose's attn_list nouns)
     occurrence: str = "all"              # all | first (each distinct noun of a caption once)
     token_rule: str = "span"             # span (the noun's own chars) | official (first token-sequence match)
+    max_reject_share: float = 0.5        # more captions rejected than this share: the stage fails
 
     def validate(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"nouns.batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.max_reject_share <= 1.0:
+            raise ConfigError(f"nouns.max_reject_share must be in [0, 1], got {self.max_reject_share!r}")
         for name, allowed in (("source", SOURCES), ("occurrence", OCCURRENCES), ("token_rule", TOKEN_RULES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"nouns.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -671,6 +675,26 @@ def build_nouns(
     return nouns_table, rejects_tbl, summary
 
 
+REJECT_HINTS = {
+    "no_nouns": "are the captions English sentences naming objects (dataset.captions a captions file)?",
+    "no_official_nouns": "nouns.source official needs dataset.format tokencompose (its attn_list); "
+                         "use nouns.source spacy for COCO captions",
+    "bad_official_nouns": "is dataset.captions TokenCompose's metadata.jsonl?",
+    "no_usable_nouns": "do the official nouns occur in their captions (nouns.token_rule)?",
+}
+
+
+def check_nouns(summary: dict, rejects: pa.Table, cfg: NounsConfig) -> None:
+    """Fail (StageInputError) when no caption has a noun, or more than ``max_reject_share`` of the
+    captions are rejected; the error names the top reasons with an example and what to check."""
+    examples: dict[str, str] = {}
+    for reason, detail in zip(rejects.column("reason").to_pylist(), rejects.column("detail").to_pylist()):
+        if reason in summary["rejected"]:
+            examples.setdefault(reason, detail)
+    check_rejects(STAGE, summary["input_captions"], summary["captions_with_nouns"], summary["rejected"],
+                  cfg.max_reject_share, unit="captions", hints=REJECT_HINTS, examples=examples)
+
+
 def run_nouns(cfg: NounsConfig, captions_path: str | Path, progress: bool = True) -> dict:
     """The ``nouns`` stage: read the captions table, write ``out_dir``/nouns.parquet,
     rejects.parquet and summary.json (atomically); return the summary."""
@@ -683,6 +707,7 @@ def run_nouns(cfg: NounsConfig, captions_path: str | Path, progress: bool = True
     tokenizer = CaptionTokenizer(load_clip_tokenizer(cfg.tokenizer, cfg.tokenizer_subfolder))
     nouns, rejects, summary = build_nouns(captions, nlp, tokenizer, cfg.batch_size, progress=progress,
                                           source=cfg.source, occurrence=cfg.occurrence, token_rule=cfg.token_rule)
+    check_nouns(summary, rejects, cfg)
     out = Path(cfg.out_dir)
     write_table(nouns, out / "nouns.parquet")
     write_table(rejects, out / "rejects.parquet")

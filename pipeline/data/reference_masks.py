@@ -54,6 +54,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.core.config import ConfigError
+from pipeline.core.guards import StageInputError
 from pipeline.core.masks import coco_segmentation_to_mask, encode_rle
 from pipeline.core.schemas import MASKS_SCHEMA, REFERENCE_INSTANCES_SCHEMA
 from pipeline.core.tables import read_table, write_json, write_table
@@ -228,22 +229,68 @@ class Instances:
         return mask, len(anns)
 
 
-def load_instances(path: str | Path) -> Instances:
-    """Read and index a COCO instances json; malformed files raise ValueError."""
+def read_instances_json(path: str | Path) -> dict[str, Any]:
+    """A COCO instances json; a file of another kind (captions, jsonl) is a StageInputError."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"instances file not found: {path}")
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise StageInputError(f"{path}: not a JSON file ({e}); dataset.instances must be a COCO "
+                              "instances json such as instances_train2017.json") from None
+    if not isinstance(data, dict):
+        raise StageInputError(f"{path}: not a COCO instances file (top level is not an object)")
+    anns = data.get("annotations")
+    if isinstance(anns, list) and any(isinstance(a, dict) and "caption" in a for a in anns[:100]):
+        raise StageInputError(f"{path} is a COCO captions file (its annotations have captions): "
+                              "dataset.instances must be a COCO instances json such as instances_train2017.json")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
-            raise ValueError(f"{path}: not a COCO instances file (no list {key!r})")
+            raise StageInputError(f"{path}: not a COCO instances file (no list {key!r})")
+    return data
+
+
+def _image_sizes(data: dict[str, Any]) -> dict[int, tuple[int, int]]:
+    return {int(im["id"]): (int(im["height"]), int(im["width"])) for im in data["images"]}
+
+
+def check_instances_match(captions: pa.Table, path: str | Path) -> dict[int, tuple[int, int]]:
+    """Check that every image of the captions table is in the instances file with the same size.
+
+    Run by the captions stage when an instances file is configured, so a wrong one stops the
+    DAG before ``ground`` and ``segment``. Raises StageInputError with counts and examples;
+    returns the file's sizes (image_id -> (height, width)).
+    """
+    sizes = _image_sizes(read_instances_json(path))
+    rows = captions.select(["image_id", "height", "width"]).to_pylist()
+    images = {r["image_id"]: (r["height"], r["width"]) for r in rows}
+    missing = sorted(i for i in images if i not in sizes)
+    wrong = sorted(i for i in images if i in sizes and sizes[i] != images[i])
+    if missing or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of {len(images)} images are not in it (e.g. ids {missing[:5]})")
+        if wrong:
+            i = wrong[0]
+            parts.append(f"{len(wrong)} have another size (e.g. image {i}: {images[i][0]} x {images[i][1]} "
+                         f"decoded, {sizes[i][0]} x {sizes[i][1]} in the file)")
+        raise StageInputError(f"instances file {path} does not match the captions: " + "; ".join(parts)
+                              + ". Is dataset.instances the instances json of dataset.captions' split?")
+    return sizes
+
+
+def load_instances(path: str | Path) -> Instances:
+    """Read and index a COCO instances json; malformed files raise ValueError."""
+    path = Path(path)
+    data = read_instances_json(path)
     names: dict[int, str] = {}
     for c in data["categories"]:
         name = _normalise(str(c["name"]))
         if name in names.values():
             raise ValueError(f"{path}: category name {name!r} appears twice")
         names[int(c["id"])] = name
-    sizes = {int(im["id"]): (int(im["height"]), int(im["width"])) for im in data["images"]}
+    sizes = _image_sizes(data)
     by_key: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)
     for ann in data["annotations"]:
         image_id, category_id = int(ann["image_id"]), int(ann["category_id"])
@@ -320,7 +367,7 @@ def category_candidates(lemma: str, categories: set[str]) -> tuple[tuple[str, ..
 def _check_sizes(captions: pa.Table, instances: Instances, image_ids: set[int]) -> None:
     missing = sorted(i for i in image_ids if i not in instances.sizes)
     if missing:
-        raise ValueError(
+        raise StageInputError(
             f"{len(missing)} image(s) of the nouns table are not in the instances file, e.g. {missing[:5]}; "
             "is it the annotation file of the captions' split?"
         )
@@ -441,6 +488,12 @@ def run_reference_masks(cfg: ReferenceMasksConfig, captions_path: str | Path, no
     nouns = read_table(nouns_path, columns=["noun_id", "caption_id", "image_id", "text", "lemma"])
     instances = load_instances(cfg.instances_json)
     table, summary = build_reference_masks(captions, nouns, instances)
+    if summary["input_nouns"] and not summary["matched"]:
+        top = ", ".join(f"{w} ({n})" for w, n in summary["top_unmatched_lemmas"][:5])
+        raise StageInputError(
+            f"{STAGE}: no mask for any of {summary['input_nouns']} nouns ({summary['unmatched']} name no "
+            f"category of {cfg.instances_json}, {summary['no_instance_in_image']} have no instance in their "
+            f"image; most common unmatched: {top}). Is dataset.instances the instances json of the captions?")
     masks_dir = Path(cfg.out_dir) / "masks"
     for stale in masks_dir.glob("part-*.parquet"):
         if stale.name != SHARD_NAME:
