@@ -17,12 +17,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 # one intra-op thread everywhere: torchrun sets it for its workers, and CPU float results
 # depend on the thread count, so single- and multi-process runs must use the same
+#: upper bound on one subprocess or wait in the tests: only there so that a hung run cannot
+#: block the suite forever; far above any correct run, even on a loaded 2-core machine
+HANG_TIMEOUT_S = 3600
+
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "LOG_LEVEL": "WARNING", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def run_stage(ws: Path, module: str, *args: str, launcher: list[str] | None = None, check: bool = True):
     cmd = (launcher or [sys.executable, "-m"]) + [module, "--params", "params.yaml", *args]
-    proc = subprocess.run(cmd, cwd=ws, env=ENV, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=ws, env=ENV, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc

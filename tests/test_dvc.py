@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from stagerun import HANG_TIMEOUT_S
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_STAGES = ["demo_data", "demo_models", "coco_download", "captions", "nouns", "ground", "segment",
               "reference_masks", "train", "multigen_prompts", "evaluate@base", "evaluate@tokencompose"]
 
 
-def sh(cmd: list[str], cwd: Path, timeout: int = 900) -> str:
+def sh(cmd: list[str], cwd: Path, timeout: int = HANG_TIMEOUT_S) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "TQDM_DISABLE": "1"}
     env.pop("PYTHONPATH", None)
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

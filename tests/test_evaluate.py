@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from stagerun import ENV, run_stage
+from stagerun import ENV, HANG_TIMEOUT_S, run_stage
 
 from pipeline.core.tables import read_table
 from pipeline.evaluate.multigen import Prompt, image_seed, score
@@ -136,7 +136,7 @@ def test_kill_9_then_resume_gives_the_same_outputs(evaluated: Path, tmp_path: Pa
                             cwd=ws, env=ENV)
     cache = ws / "data/.partial"
     images, shards = "evaluate-base-multigen-images-*/*.png", "evaluate-base-multigen-detect-*/part-*[0-9].parquet"
-    deadline = time.time() + 600
+    deadline = time.time() + HANG_TIMEOUT_S
     while time.time() < deadline and not list(cache.glob(shards)):
         assert proc.poll() is None, "evaluate finished before it could be killed"
         time.sleep(0.01)

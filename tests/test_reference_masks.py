@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 import yaml
 from pycocotools.coco import COCO
+from stagerun import HANG_TIMEOUT_S
 
 from pipeline.core.config import ConfigError, from_dict, load_section
 from pipeline.core.masks import decode_rle, encode_rle
@@ -296,7 +297,7 @@ def test_stage_script_and_stale_shards(tmp_path: Path):
     proc = subprocess.run(
         [sys.executable, "-m", "stages.reference_masks", "--params", str(params),
          "--captions", str(tmp_path / "captions.parquet"), "--nouns", str(tmp_path / "nouns.parquet")],
-        check=False, cwd=REPO, capture_output=True, text=True, timeout=120,
+        check=False, cwd=REPO, capture_output=True, text=True, timeout=HANG_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (out / "masks").iterdir()) == [SHARD_NAME]

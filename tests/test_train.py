@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from stagerun import ENV, run_stage
+from stagerun import ENV, HANG_TIMEOUT_S, run_stage
 
 TRAIN = {
     "masks": "data/reference_masks/masks",
@@ -120,7 +120,7 @@ def test_kill_9_then_rerun_resumes_to_the_same_weights(train_ws: Path, trained: 
     ws = make_train_ws(train_ws, tmp_path / "ws", checkpointing_steps=1, checkpoints_total_limit=2)
     proc = subprocess.Popen([sys.executable, "-m", "stages.train", "--params", "params.yaml"], cwd=ws, env=ENV)
     first = ws / "data/train/checkpoints/step-000002"
-    deadline = time.time() + 300
+    deadline = time.time() + HANG_TIMEOUT_S
     while time.time() < deadline and not first.exists():
         assert proc.poll() is None, "training finished before it could be killed"
         time.sleep(0.05)
