@@ -73,3 +73,20 @@ def shards_equal(a: Path, b: Path) -> None:
     assert ta.equals(tb), f"{a} and {b} differ"
 
 
+
+
+#: the most values one stage's summary or metrics file may show in ``dvc metrics show``
+MAX_METRICS_COLUMNS = 40
+
+
+def metric_leaves(obj, prefix: str = "") -> list[str]:
+    """Flattened keys as ``dvc metrics show`` makes columns of them (nested dicts joined by '.')."""
+    if isinstance(obj, dict):
+        return [leaf for k, v in obj.items() for leaf in metric_leaves(v, f"{prefix}{k}.")]
+    return [prefix.rstrip(".")]
+
+
+def assert_readable_metrics(metrics: dict, name: str) -> None:
+    """A stage's summary fits a screen: headline counts only, breakdowns live in CSV plots."""
+    leaves = metric_leaves(metrics)
+    assert len(leaves) <= MAX_METRICS_COLUMNS, f"{name}: {len(leaves)} metrics columns: {leaves}"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from stagerun import HANG_TIMEOUT_S
+from stagerun import HANG_TIMEOUT_S, assert_readable_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_STAGES = ["demo_data", "demo_models", "coco_download", "captions", "nouns", "ground", "segment",
@@ -85,6 +85,10 @@ def test_repro_then_up_to_date_then_threshold_experiment_then_plots(clone: Path)
 
     shown = json.loads(sh(["dvc", "metrics", "show", "--json"], clone))
     text = json.dumps(shown)
+    files = {f: v["data"] for rev in shown.values() for f, v in rev["data"].items()}
+    assert {"data/reference_masks/summary.json", "data/train/summary.json"} <= set(files)
+    for f, data in files.items():  # one screen per stage; breakdowns are CSV plots
+        assert_readable_metrics(data, f)
     for model in ("base", "tokencompose"):
         m = json.loads((clone / f"data/evaluate/{model}/metrics.json").read_text())
         assert f"data/evaluate/{model}/metrics.json" in text
@@ -99,5 +103,6 @@ def test_repro_then_up_to_date_then_threshold_experiment_then_plots(clone: Path)
     plots = json.loads(sh(["dvc", "plots", "show", "--json"], clone))
     text = json.dumps(plots)
     for name in ("loss/total.tsv", "loss/token_16.tsv", "loss/pixel_4.tsv", "attention/step-",
+                 "heldout/attention_share.tsv", "reference_masks/matched_by_category.csv",
                  "evaluate/base/category_recall.csv", "evaluate/tokencompose/category_recall.csv"):
         assert name in text, name
