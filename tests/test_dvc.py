@@ -69,9 +69,13 @@ def test_repro_then_up_to_date_then_threshold_experiment_then_plots(clone: Path)
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "add", "-A"], clone)
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "repro"], clone)
 
-    exp = sh(["dvc", "exp", "run", "-S", "ground.box_threshold=0.3", "-n", "thr03"], clone)
+    # the SAM-mask path, one -S away from the demo's exact masks
+    exp = sh(["dvc", "exp", "run", "-S", "ground.box_threshold=0.3", "-S", "train.masks=data/segment/masks",
+              "-n", "thr03"], clone)
     # the base model's evaluation does not depend on the masks: only the fine-tuned one reruns
     assert sorted(ran_stages(exp)) == ["evaluate@tokencompose", "ground", "segment", "train"]
+    trained = json.loads((clone / "data/train/summary.json").read_text())
+    assert trained["full_image_masks"] > 0  # the tiny random SAM's masks cover the image: flagged, not supervised
     params = yaml.safe_load((clone / "params.yaml").read_text())
     assert params["ground"]["box_threshold"] == 0.3
 
