@@ -17,12 +17,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 # one intra-op thread everywhere: torchrun sets it for its workers, and CPU float results
 # depend on the thread count, so single- and multi-process runs must use the same
+#: upper bound on one subprocess or wait in the tests: only there so that a hung run cannot
+#: block the suite forever; far above any correct run, even on a loaded 2-core machine
+HANG_TIMEOUT_S = 3600
+
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "LOG_LEVEL": "WARNING", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def run_stage(ws: Path, module: str, *args: str, launcher: list[str] | None = None, check: bool = True):
     cmd = (launcher or [sys.executable, "-m"]) + [module, "--params", "params.yaml", *args]
-    proc = subprocess.run(cmd, cwd=ws, env=ENV, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=ws, env=ENV, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -70,3 +74,20 @@ def shards_equal(a: Path, b: Path) -> None:
     assert ta.equals(tb), f"{a} and {b} differ"
 
 
+
+
+#: the most values one stage's summary or metrics file may show in ``dvc metrics show``
+MAX_METRICS_COLUMNS = 40
+
+
+def metric_leaves(obj, prefix: str = "") -> list[str]:
+    """Flattened keys as ``dvc metrics show`` makes columns of them (nested dicts joined by '.')."""
+    if isinstance(obj, dict):
+        return [leaf for k, v in obj.items() for leaf in metric_leaves(v, f"{prefix}{k}.")]
+    return [prefix.rstrip(".")]
+
+
+def assert_readable_metrics(metrics: dict, name: str) -> None:
+    """A stage's summary fits a screen: headline counts only, breakdowns live in CSV plots."""
+    leaves = metric_leaves(metrics)
+    assert len(leaves) <= MAX_METRICS_COLUMNS, f"{name}: {len(leaves)} metrics columns: {leaves}"

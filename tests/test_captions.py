@@ -6,7 +6,6 @@ import io
 import json
 import subprocess
 import sys
-import time
 import unicodedata
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from PIL import Image
+from stagerun import HANG_TIMEOUT_S
 
 import pipeline.data.captions as coco
 from pipeline.core.config import ConfigError, from_dict
@@ -402,15 +402,12 @@ def test_coco_mini(coco_mini: Path, tmp_path: Path) -> None:
                                          source=str(coco_mini / "annotations" / "captions_train2017.json"),
                                          images_dir=str(coco_mini / "train2017"),
                                          out_dir=str(tmp_path / "out")), "captions")
-    t0 = time.perf_counter()
     summary = run_captions(cfg)
-    elapsed = time.perf_counter() - t0
     counts = (summary["input_rows"], summary["kept"], summary["rejected"], summary["not_selected"])
     assert counts == (400, 400, 0, 0)
     assert summary["images"] == 80 and summary["images_decoded"] == 80 and summary["size_mismatch"] == 0
     table = pq.read_table(tmp_path / "out" / "captions.parquet")
     assert table.num_rows == 400 and len(set(table["image_id"].to_pylist())) == 80
-    assert elapsed < 30, elapsed
 
     one = build_captions(from_dict(CaptionsConfig, {**cfg.__dict__, "select": "one_per_image"}, "captions"))
     assert one.summary["kept"] == 80 and one.summary["not_selected"] == 320
@@ -433,7 +430,7 @@ def test_stage_script(coco_mini: Path, tmp_path: Path) -> None:
         "captions": {"select": "first_n", "first_n": 10, "ids_file": None, "out_dir": str(out)},
     }))
     proc = subprocess.run([sys.executable, "-m", "stages.captions", "--params", str(params)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["kept"], summary["not_selected"]) == (10, 390)
@@ -444,5 +441,5 @@ def test_stage_script(coco_mini: Path, tmp_path: Path) -> None:
     bogus = {"out_dir": "x", "bogus": 1}
     params.write_text(yaml.safe_dump({"dataset": coco_mini_dataset(coco_mini), "captions": bogus}))
     proc = subprocess.run([sys.executable, "-m", "stages.captions", "--params", str(params)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert proc.returncode != 0 and "bogus" in proc.stderr

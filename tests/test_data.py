@@ -16,7 +16,7 @@ from torchvision.transforms import functional as TF
 from pipeline.core.images import load_rgb
 from pipeline.core.masks import encode_rle, resize_mask
 from pipeline.core.schemas import CAPTIONS_SCHEMA, MASKS_SCHEMA, NOUNS_SCHEMA
-from pipeline.core.tables import write_rows
+from pipeline.core.tables import read_table, write_rows
 from pipeline.data.tokens import CaptionTokenizer, span_token_indices
 from pipeline.models.clip_tokenizer import (
     EOS_ID,
@@ -25,6 +25,7 @@ from pipeline.models.clip_tokenizer import (
 )
 from pipeline.train.dataset import (
     Example,
+    MaskCoverage,
     NounTarget,
     TokenComposeDataset,
     build_examples,
@@ -120,10 +121,45 @@ def test_counts_add_up(built):
     assert s["captions"] == 5 == s["examples"] + s["rejected"]
     assert s["rejected_by_reason"] == {"unreadable_image": 1}
     assert s["input_nouns"] == 10 == (s["supervised_nouns"] + s["truncated_nouns"] + s["unmasked_nouns"]
-                                      + s["nouns_without_tokens"] + s["nouns_of_rejected_captions"])
+                                      + s["nouns_without_tokens"] + s["full_image_masks"]
+                                      + s["nouns_of_rejected_captions"])
     parts = ("supervised_nouns", "truncated_nouns", "unmasked_nouns", "nouns_of_rejected_captions")
     assert tuple(s[k] for k in parts) == (4, 1, 3, 2)
     assert s["long_captions"] == 1 and s["examples_without_masks"] == 1 and s["max_nouns_per_example"] == 2
+
+
+def test_full_image_mask_is_flagged_with_its_reason_and_counted(tables, clip, tmp_path: Path):
+    """A mask over the whole image (as the tiny random SAM gives) is not supervised; the others are."""
+    rows = read_table(tables["masks"]).to_pylist()
+    full = next(r for r in rows if r["noun_id"] == 2001)  # "dog" of caption 2, image 1 (96 x 64)
+    full["rle"] = encode_rle(np.ones((full["height"], full["width"]), dtype=bool))
+    # covers the center crop but for a 4-pixel frame: 1.0 of the 4 x 4 map, 0.77 of the 16 x 16 one
+    almost = next(r for r in rows if r["noun_id"] == 1000)
+    almost["rle"] = encode_rle(_box(64, 96, 4, 60, 20, 76))
+    write_rows(rows, MASKS_SCHEMA, tmp_path / "masks.parquet")
+    args = (tables["captions"], tables["nouns"], tmp_path / "masks.parquet")
+
+    examples, rejects, s = build_examples(*args, tokenizer=clip, coverage=MaskCoverage(R, tuple(LATENT), 0.9))
+    flagged = [r for r in rejects if r[1] == "mask_covers_image"]
+    assert sorted(r[0] for r in flagged) == ["1000", "2001"]
+    detail = dict((r[0], r[2]) for r in flagged)
+    assert "1.000 of the 4 x 4" in detail["2001"] and "1.000 of the 4 x 4" in detail["1000"]
+    assert "max_mask_coverage 0.9" in detail["2001"] and "'dog'" in detail["2001"]
+    assert s["full_image_masks"] == 2 and s["supervised_nouns"] == 2
+    assert s["rejected"] == 1 and s["rejected_by_reason"] == {"unreadable_image": 1}  # captions only
+    assert s["input_nouns"] == 10 == sum(s[k] for k in ("supervised_nouns", "truncated_nouns", "unmasked_nouns",
+                                                         "nouns_without_tokens", "full_image_masks",
+                                                         "nouns_of_rejected_captions"))
+    assert s["captions"] == s["examples"] + s["rejected"] == 5  # the captions stay, for L_LDM
+    supervised = {n.noun_id for e in examples for n in e.nouns}
+    assert 2001 not in supervised and 1000 not in supervised and 1001 in supervised
+
+    # checked at r = 16 only, the framed mask (0.77) is kept
+    _, _, loose = build_examples(*args, tokenizer=clip, coverage=MaskCoverage(R, (16,), 0.9))
+    assert loose["full_image_masks"] == 1
+    # without a coverage check every mask is supervised, the full one included
+    _, _, unchecked = build_examples(*args, tokenizer=clip)
+    assert unchecked["full_image_masks"] == 0 and unchecked["supervised_nouns"] == 4
 
 
 def test_missing_image_rejected_with_reason(built, tables):

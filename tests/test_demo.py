@@ -14,6 +14,7 @@ import yaml
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
+from stagerun import HANG_TIMEOUT_S
 
 from pipeline.core.config import ConfigError, from_dict, load_section
 from pipeline.demo import (
@@ -228,7 +229,7 @@ def test_stage_script(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"demo_data": {**DEFAULT, "num_images": 3, "out_dir": str(out)}}))
     proc = subprocess.run([sys.executable, "-m", "stages.demo_data", "--params", str(params)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (out / "images").iterdir()) == [
         f"{i:012d}.jpg" for i in (1, 2, 3)]

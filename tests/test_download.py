@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
+from stagerun import HANG_TIMEOUT_S
 
 from pipeline.core.config import ConfigError, from_dict
 from pipeline.core.download import (
@@ -192,7 +193,7 @@ def test_complete_part_with_416(coco_zip, tmp_path: Path) -> None:
 def test_interrupted_transfer_is_retried_and_resumed(coco_zip, tmp_path: Path, server) -> None:
     url, data = coco_zip
     server.cut_next = 50_000
-    dest = download(url, tmp_path / "coco-fake.zip", retries=2, backoff=0.0, timeout=10)
+    dest = download(url, tmp_path / "coco-fake.zip", retries=2, backoff=0.0, timeout=120)
     assert dest.read_bytes() == data
     assert server.seen == [("/coco-fake.zip", None), ("/coco-fake.zip", "bytes=50000-")]
 
@@ -203,9 +204,9 @@ def test_interrupted_without_retries_keeps_part(coco_zip, tmp_path: Path, server
     part = tmp_path / "coco-fake.zip.part"
     server.cut_next = 1234
     with pytest.raises(DownloadError, match="rerun to resume"):
-        download(url, dest, retries=0, timeout=10)
+        download(url, dest, retries=0, timeout=120)
     assert part.stat().st_size == 1234 and not dest.exists()
-    download(url, dest, retries=0, timeout=10)
+    download(url, dest, retries=0, timeout=120)
     assert dest.read_bytes() == data
     assert server.seen[-1] == ("/coco-fake.zip", "bytes=1234-")
 
@@ -285,7 +286,7 @@ def _run_stage(params: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
     env["no_proxy"] = "127.0.0.1,localhost"
     return subprocess.run([sys.executable, "-m", "stages.coco_download", "--params", str(params)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
 
 
 def test_stage_script(coco_zip, tmp_path: Path, server) -> None:

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from stagerun import HANG_TIMEOUT_S, assert_readable_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_STAGES = ["demo_data", "demo_models", "rehearsal_models", "coco_download", "captions", "nouns", "ground", "segment",
               "reference_masks", "train", "multigen_prompts", "evaluate@base", "evaluate@tokencompose"]
 
 
-def sh(cmd: list[str], cwd: Path, timeout: int = 900) -> str:
+def sh(cmd: list[str], cwd: Path, timeout: int = HANG_TIMEOUT_S) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "TQDM_DISABLE": "1"}
     env.pop("PYTHONPATH", None)
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -69,9 +70,13 @@ def test_repro_then_up_to_date_then_threshold_experiment_then_plots(clone: Path)
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "repro"], clone)
 
     base = json.loads((clone / "data/ground/summary.json").read_text())  # cached by DVC, not in git
-    exp = sh(["dvc", "exp", "run", "-S", "ground.box_threshold=0.3", "-n", "thr03"], clone)
+    # the SAM-mask path, one -S away from the demo's exact masks
+    exp = sh(["dvc", "exp", "run", "-S", "ground.box_threshold=0.3", "-S", "train.masks=data/segment/masks",
+              "-n", "thr03"], clone)
     # the base model's evaluation does not depend on the masks: only the fine-tuned one reruns
     assert sorted(ran_stages(exp)) == ["evaluate@tokencompose", "ground", "segment", "train"]
+    trained = json.loads((clone / "data/train/summary.json").read_text())
+    assert trained["full_image_masks"] > 0  # the tiny random SAM's masks cover the image: flagged, not supervised
     params = yaml.safe_load((clone / "params.yaml").read_text())
     assert params["ground"]["box_threshold"] == 0.3
 
@@ -84,6 +89,10 @@ def test_repro_then_up_to_date_then_threshold_experiment_then_plots(clone: Path)
 
     shown = json.loads(sh(["dvc", "metrics", "show", "--json"], clone))
     text = json.dumps(shown)
+    files = {f: v["data"] for rev in shown.values() for f, v in rev["data"].items()}
+    assert {"data/reference_masks/summary.json", "data/train/summary.json"} <= set(files)
+    for f, data in files.items():  # one screen per stage; breakdowns are CSV plots
+        assert_readable_metrics(data, f)
     for model in ("base", "tokencompose"):
         m = json.loads((clone / f"data/evaluate/{model}/metrics.json").read_text())
         assert f"data/evaluate/{model}/metrics.json" in text
@@ -98,5 +107,6 @@ def test_repro_then_up_to_date_then_threshold_experiment_then_plots(clone: Path)
     plots = json.loads(sh(["dvc", "plots", "show", "--json"], clone))
     text = json.dumps(plots)
     for name in ("loss/total.tsv", "loss/token_16.tsv", "loss/pixel_4.tsv", "attention/step-",
+                 "heldout/attention_share.tsv", "reference_masks/matched_by_category.csv",
                  "evaluate/base/category_recall.csv", "evaluate/tokencompose/category_recall.csv"):
         assert name in text, name

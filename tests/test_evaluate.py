@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from stagerun import ENV, run_stage
+from stagerun import ENV, HANG_TIMEOUT_S, assert_readable_metrics, run_stage
 
 from pipeline.core.tables import read_table
 from pipeline.evaluate.multigen import Prompt, image_seed, score
@@ -92,6 +92,8 @@ def test_outputs_add_up_and_scores_follow_the_detections(evaluated: Path):
     assert 0 <= m["object_accuracy"] <= 100 and np.isfinite(m["fid"]) and m["fid"] >= 0
     for key in ("share", "iou", "share_r4", "iou_r4"):
         assert 0 <= m["attention"][key] <= 1, key
+    assert m["attention"]["full_image_masks"] == 0 and m["attention"]["pairs"] > 0  # exact demo masks
+    assert_readable_metrics(m, "evaluate")
     manifest = read_table(out / "multigen/manifest.parquet").to_pylist()
     assert len(manifest) == 3 * 2 == m["counts"]["multigen_images"]
     assert len(list((out / "multigen/images").glob("*.png"))) == 6
@@ -136,7 +138,7 @@ def test_kill_9_then_resume_gives_the_same_outputs(evaluated: Path, tmp_path: Pa
                             cwd=ws, env=ENV)
     cache = ws / "data/.partial"
     images, shards = "evaluate-base-multigen-images-*/*.png", "evaluate-base-multigen-detect-*/part-*[0-9].parquet"
-    deadline = time.time() + 600
+    deadline = time.time() + HANG_TIMEOUT_S
     while time.time() < deadline and not list(cache.glob(shards)):
         assert proc.poll() is None, "evaluate finished before it could be killed"
         time.sleep(0.01)

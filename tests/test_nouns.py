@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import yaml
+from stagerun import HANG_TIMEOUT_S
 
 from pipeline.core.config import ConfigError, from_dict
 from pipeline.core.schemas import NOUNS_SCHEMA, REJECTS_SCHEMA
@@ -260,7 +261,7 @@ def test_stage_script(tmp_path: Path, tok_dir: Path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PYTHONPATH": str(REPO), "LOG_LEVEL": "WARNING", "TQDM_DISABLE": "1"}
     cmd = [sys.executable, "-m", "stages.nouns", "--params", "params.yaml", "--captions", "captions.parquet"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "out" / "nouns"
     nouns = read_table(out / "nouns.parquet")

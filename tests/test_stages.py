@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from stagerun import ENV, clone_workspace, run_stage, shards_equal, small_params
+from stagerun import ENV, HANG_TIMEOUT_S, clone_workspace, run_stage, shards_equal, small_params
 
 from pipeline.core.masks import decode_rle
 from pipeline.core.tables import read_table
@@ -112,7 +112,7 @@ def test_kill_9_then_resume_gives_the_same_outputs(workspace: Path, grounded: Pa
     ws = clone_workspace(workspace, tmp_path / "killed")
     proc = subprocess.Popen([sys.executable, "-m", "stages.ground", "--params", "params.yaml"], cwd=ws, env=ENV)
     partial = ws / "data/.partial"
-    deadline = time.time() + 600
+    deadline = time.time() + HANG_TIMEOUT_S
     while time.time() < deadline and not list(partial.glob("ground-*/part-*[0-9].parquet")):
         assert proc.poll() is None, "ground finished before it could be killed"
         time.sleep(0.05)

@@ -15,10 +15,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
-from stagerun import ENV, run_stage
+from stagerun import ENV, HANG_TIMEOUT_S, assert_readable_metrics, run_stage
 
 TRAIN = {
     "masks": "data/reference_masks/masks",
@@ -94,7 +95,15 @@ def test_writes_unet_checkpoints_curves_heatmaps_and_loads_into_the_pipeline(tra
     assert summary["steps"] == 6 and summary["global_batch"] == 2
     assert summary["attention_resolutions"] == [4, 8, 16]
     assert summary["captions"] == summary["examples"] + summary["rejected"]
-    assert summary["heldout_examples"] > 0 and 0 < summary["final_heldout_attention_share_mean"] < 1
+    assert summary["heldout_examples"] > 0 and summary["heldout_supervised_nouns"] > 0
+    for key in ("base_heldout_attention_share", "final_heldout_attention_share",
+                "base_heldout_attention_iou", "final_heldout_attention_iou"):
+        assert 0 < summary[key] < 1, key
+    assert summary["flags"] == [] and summary["full_image_masks"] == 0
+    assert_readable_metrics(summary, "train")
+    heldout = (out / "dvclive/plots/metrics/heldout/attention_share.tsv").read_text().splitlines()
+    assert [int(r.split("\t")[0]) for r in heldout[1:]] == [0, 3, 6]  # 0: the pretrained UNet
+    assert float(heldout[1].split("\t")[1]) == pytest.approx(summary["base_heldout_attention_share"])
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000004", "step-000006"]
     total = (out / "dvclive/plots/metrics/loss/total.tsv").read_text().splitlines()
     assert [int(r.split("\t")[0]) for r in total[1:]] == [1, 2, 3, 4, 5, 6]
@@ -120,7 +129,7 @@ def test_kill_9_then_rerun_resumes_to_the_same_weights(train_ws: Path, trained: 
     ws = make_train_ws(train_ws, tmp_path / "ws", checkpointing_steps=1, checkpoints_total_limit=2)
     proc = subprocess.Popen([sys.executable, "-m", "stages.train", "--params", "params.yaml"], cwd=ws, env=ENV)
     first = ws / "data/train/checkpoints/step-000002"
-    deadline = time.time() + 300
+    deadline = time.time() + HANG_TIMEOUT_S
     while time.time() < deadline and not first.exists():
         assert proc.poll() is None, "training finished before it could be killed"
         time.sleep(0.05)
@@ -184,16 +193,46 @@ def test_other_settings_never_resume_from_old_checkpoints(trained: Path, tmp_pat
 
 @pytest.mark.slow
 def test_supervision_raises_attention_inside_masks_on_held_out_images(train_ws: Path, tmp_path: Path):
-    """K steps with lambda, gamma > 0 against the same K steps with lambda = gamma = 0.
+    """K steps with the demo's lambda, gamma and learning rate against the same K steps (same seed)
+    with lambda = gamma = 0.
 
     Exact demo instance masks; 3 of the 12 images held out. If the token indices or the losses
     were wrong, the supervised run would not move attention onto unseen images' objects.
     """
-    shares = {}
-    for name, (lam, gam) in {"on": (1.0, 0.05), "off": (0.0, 0.0)}.items():
+    demo = yaml.safe_load((train_ws / "params.yaml").read_text())["train"]
+    assert demo["lambda_token"] > 0 and demo["gamma_pixel"] > 0
+    runs = {}
+    for name, (lam, gam) in {"on": (demo["lambda_token"], demo["gamma_pixel"]), "off": (0.0, 0.0)}.items():
         ws = make_train_ws(train_ws, tmp_path / name, lambda_token=lam, gamma_pixel=gam, max_train_steps=30,
-                           train_batch_size=4, holdout_images=3, checkpointing_steps=1000, heatmap_steps=1000,
-                           gradient_checkpointing=False)
+                           learning_rate=demo["learning_rate"], train_batch_size=4, holdout_images=3,
+                           checkpointing_steps=1000, heatmap_steps=1000, gradient_checkpointing=False)
         run_stage(ws, "stages.train")
-        shares[name] = json.loads((ws / "data/train/summary.json").read_text())["final_heldout_attention_share_mean"]
-    assert shares["on"] > 1.25 * shares["off"], shares
+        runs[name] = json.loads((ws / "data/train/summary.json").read_text())
+    on, off = runs["on"], runs["off"]
+    assert on["base_heldout_attention_share"] == off["base_heldout_attention_share"]  # same pretrained UNet
+    assert on["final_heldout_attention_share"] > 1.25 * off["final_heldout_attention_share"], runs
+    assert on["final_heldout_attention_share"] > 1.25 * on["base_heldout_attention_share"], on
+    assert on["final_heldout_attention_iou"] > on["base_heldout_attention_iou"], on
+
+
+def test_full_image_masks_are_not_supervised_and_flagged(train_ws: Path, tmp_path: Path):
+    """Masks covering the whole image (the tiny random SAM's) carry no signal: the summary says so
+    instead of reporting a held-out share of 1.0."""
+    from pipeline.core.masks import encode_rle
+    from pipeline.core.schemas import MASKS_SCHEMA
+    from pipeline.core.tables import read_table, write_rows
+
+    rows = read_table(train_ws / "data/reference_masks/masks").to_pylist()
+    for r in rows:
+        r["rle"] = encode_rle(np.ones((r["height"], r["width"]), dtype=bool))
+    ws = make_train_ws(train_ws, tmp_path / "ws", masks="full_masks", max_train_steps=1, heatmap_steps=1)
+    write_rows(rows, MASKS_SCHEMA, ws / "full_masks" / "part-00000.parquet")
+    run_stage(ws, "stages.train")
+    summary = json.loads((ws / "data/train/summary.json").read_text())
+    assert summary["full_image_masks"] == len(rows) and summary["supervised_nouns"] == 0
+    assert summary["final_token"] == 0.0 and summary["heldout_supervised_nouns"] == 0
+    assert not any(k.startswith(("final_heldout", "base_heldout")) for k in summary)
+    assert [f.split(":")[0] for f in summary["flags"]] == [
+        "no_supervised_nouns", "heldout_without_supervised_nouns", "full_image_masks"]
+    rejects = read_table(ws / "data/train/rejects.parquet").to_pylist()
+    assert len(rejects) == len(rows) and {r["reason"] for r in rejects} == {"mask_covers_image"}

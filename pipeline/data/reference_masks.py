@@ -37,7 +37,10 @@ two, tried in order); words such as "bag", "glass" or "light" are left out.
 Outputs: ``out_dir/masks/part-00000.parquet`` (``pipeline.core.schemas.MASKS_SCHEMA``, one row per
 matched noun, so readers treat it like ``segment``'s shard folder), ``out_dir/instances.parquet``
 (``REFERENCE_INSTANCES_SCHEMA``: each matched noun's category and its instances' boxes, which
-``segment`` and ``ground`` read to measure their masks and boxes) and ``out_dir/summary.json``.
+``segment`` and ``ground`` read to measure their masks and boxes), ``out_dir/summary.json``
+(the headline counts and shares: one screen in ``dvc metrics show``), and the breakdowns as
+CSV (``dvc plots show``): ``matched_by_category.csv`` (category, matched) and
+``unmatched_lemmas.csv`` (lemma, nouns; every unmatched lemma, most frequent first).
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from pipeline.core.config import ConfigError
 from pipeline.core.guards import StageInputError
 from pipeline.core.masks import coco_segmentation_to_mask, encode_rle
 from pipeline.core.schemas import MASKS_SCHEMA, REFERENCE_INSTANCES_SCHEMA
-from pipeline.core.tables import read_table, write_json, write_table
+from pipeline.core.tables import read_table, write_csv, write_json, write_table
 
 log = logging.getLogger(__name__)
 
@@ -447,6 +450,7 @@ def build_reference_masks(captions: pa.Table, nouns: pa.Table, instances: Instan
         "matched_by_rule": dict(sorted(rules.items())),
         "matched_by_category": dict(sorted(per_category.items())),
         "top_unmatched_lemmas": [[w, n] for w, n in unmatched_lemmas.most_common(20)],
+        "unmatched_lemmas": dict(unmatched_lemmas.most_common()),
         "share_of_nouns_with_mask": round(status["matched"] / len(rows_in), 4) if rows_in else 0.0,
         "annotated_pairs_named": len(named),
         "annotated_pairs_named_with_mask": len(named & masked),
@@ -481,9 +485,22 @@ def reference_instances(masks: pa.Table, nouns: pa.Table, instances: Instances) 
     return pa.Table.from_pylist(rows, schema=REFERENCE_INSTANCES_SCHEMA)
 
 
+#: summary entries that are breakdowns (one value per category or lemma): CSV files, not summary.json
+BREAKDOWNS = ("matched_by_category", "top_unmatched_lemmas", "unmatched_lemmas")
+
+
+def write_breakdowns(summary: dict, out_dir: Path) -> None:
+    """``matched_by_category.csv`` (category, matched) and ``unmatched_lemmas.csv`` (lemma, nouns)."""
+    write_csv([{"category": c, "matched": n} for c, n in summary["matched_by_category"].items()],
+              ["category", "matched"], out_dir / "matched_by_category.csv")
+    write_csv([{"lemma": w, "nouns": n} for w, n in summary["unmatched_lemmas"].items()],
+              ["lemma", "nouns"], out_dir / "unmatched_lemmas.csv")
+
+
 def run_reference_masks(cfg: ReferenceMasksConfig, captions_path: str | Path, nouns_path: str | Path) -> dict:
-    """Read the tables and the instances file, write ``out_dir``/masks/part-00000.parquet and
-    ``out_dir``/summary.json; return the summary."""
+    """Read the tables and the instances file, write ``out_dir``/masks/part-00000.parquet,
+    ``out_dir``/summary.json (without the ``BREAKDOWNS``) and the breakdown CSVs; return the
+    whole summary."""
     captions = read_table(captions_path, columns=["caption_id", "image_id", "height", "width"])
     nouns = read_table(nouns_path, columns=["noun_id", "caption_id", "image_id", "text", "lemma"])
     instances = load_instances(cfg.instances_json)
@@ -500,7 +517,8 @@ def run_reference_masks(cfg: ReferenceMasksConfig, captions_path: str | Path, no
             stale.unlink()
     write_table(table, masks_dir / SHARD_NAME)
     write_table(reference_instances(table, nouns, instances), Path(cfg.out_dir) / "instances.parquet")
-    write_json(summary, Path(cfg.out_dir) / "summary.json")
+    write_breakdowns(summary, Path(cfg.out_dir))
+    write_json({k: v for k, v in summary.items() if k not in BREAKDOWNS}, Path(cfg.out_dir) / "summary.json")
     log.info(
         "%s: %d nouns -> %d matched, %d unmatched, %d without an instance in their image -> %s",
         STAGE, summary["input_nouns"], summary["matched"], summary["unmatched"],

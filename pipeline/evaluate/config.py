@@ -99,10 +99,13 @@ class AttentionEvalConfig:
     blocks: list[str] = field(default_factory=lambda: ["mid", "up"])
     timesteps: list[int] = field(default_factory=lambda: [200, 500, 800])
     iou_threshold: float = 0.5
+    max_mask_coverage: float = 0.9   # as train.max_mask_coverage: such masks are not scored
 
     def validate(self) -> None:
         if self.enabled and self.holdout_images < 1:
             raise ConfigError("evaluate.attention: holdout_images must be >= 1")
+        if not 0.0 < self.max_mask_coverage <= 1.0:
+            raise ConfigError("evaluate.attention: max_mask_coverage must be in (0, 1]")
         if not 0.0 < self.iou_threshold <= 1.0:
             raise ConfigError("evaluate.attention: iou_threshold must be in (0, 1]")
 

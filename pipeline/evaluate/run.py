@@ -131,20 +131,24 @@ def run_attention(cfg: EvaluateConfig, pipe) -> dict:
     from pipeline.models.stable_diffusion import vae_scale_factor
     from pipeline.train.attention import layer_resolutions
     from pipeline.train.attention_metrics import evaluate_grounding
-    from pipeline.train.dataset import TokenComposeDataset, build_examples
+    from pipeline.train.dataset import MaskCoverage, TokenComposeDataset, build_examples
     from pipeline.train.loop import split_holdout
 
     a = cfg.attention
-    examples, _, _ = build_examples(a.captions, a.nouns, a.masks, tokenizer=pipe.tokenizer)
-    _, heldout = split_holdout(examples, a.holdout_images, a.seed)
     latent = a.resolution // vae_scale_factor(pipe.vae)
     resolutions = sorted(set(layer_resolutions(pipe.unet, latent, a.blocks).values()))
+    coverage = MaskCoverage(a.resolution, tuple(resolutions), a.max_mask_coverage)
+    examples, _, data = build_examples(a.captions, a.nouns, a.masks, tokenizer=pipe.tokenizer, coverage=coverage)
+    _, heldout = split_holdout(examples, a.holdout_images, a.seed)
     dataset = TokenComposeDataset(heldout, pipe.tokenizer, a.resolution, resolutions)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     result = evaluate_grounding(pipe.unet, pipe.vae, pipe.text_encoder, dataset, list(range(len(dataset))),
                                 blocks=tuple(a.blocks), timesteps=tuple(a.timesteps), seed=a.seed,
                                 scheduler=scheduler, iou_threshold=a.iou_threshold)
     result["heldout_captions"] = len(heldout)
+    result["full_image_masks"] = data["full_image_masks"]  # not scored: they would score ~1 for any model
+    if not result["pairs"]:
+        log.warning("attention grounding: no held-out noun with a usable mask; share and IoU are not measured")
     return result
 
 

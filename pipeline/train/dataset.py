@@ -12,6 +12,11 @@ count of the summary, and ``input_nouns`` is their sum):
   keeps (``truncated`` in the nouns table); not supervised, even partly, and logged;
 - ``unmasked_nouns``: no row in the masks table (no box was found for it, or no reference mask);
 - ``nouns_without_tokens``: no CLIP token overlaps the noun (not seen with real captions);
+- ``full_image_masks``: the mask, as the loss sees it (center crop, resized to a supervised
+  attention resolution), covers more than ``max_mask_coverage`` of the map at some
+  resolution. Such a mask carries no signal: L_token is ~0 from the start and the share of
+  attention inside it is ~1 whatever the model does. Each is a reject row (key: noun id,
+  reason ``mask_covers_image``, the coverage and resolution in the detail);
 - ``supervised_nouns``: the rest; the loss terms see these only.
 
 Captions: ``captions = examples + rejected``. A caption longer than 77 tokens is kept, its
@@ -135,14 +140,18 @@ def build_examples(
     masks_path: str | Path | None,
     tokenizer: CLIPTokenizer | None = None,
     decode_images: bool = False,
+    coverage: MaskCoverage | None = None,
 ) -> tuple[list[Example], list[tuple[str, str, str]], dict[str, Any]]:
     """Join the tables into ``(examples, rejects, summary)``; see the module docstring.
 
     masks_path: a masks table file or shard folder (``segment``'s or ``reference_masks``'s),
     or None for no masks at all. tokenizer: when given, ``long_captions`` counts captions of
     more than 77 tokens (else it is None). decode_images: check images by a full decode
-    instead of opening their header. rejects: ``(caption_id, reason, detail)``, reasons
-    ``unreadable_image`` and ``image_size_mismatch``. Examples are sorted by caption_id.
+    instead of opening their header. coverage: when given, nouns whose mask covers more than
+    ``coverage.max_share`` of the map at one of its resolutions are not supervised
+    (``full_image_masks``); None keeps every mask. rejects: ``(key, reason, detail)``: a
+    caption id with ``unreadable_image`` or ``image_size_mismatch`` (``rejected`` counts these),
+    or a noun id with ``mask_covers_image``. Examples are sorted by caption_id.
     Inconsistent tables (duplicate ids, a noun or mask of an unknown caption, a mask whose
     size differs from its image's) raise ValueError.
     """
@@ -167,6 +176,7 @@ def build_examples(
     image_check: dict[str, tuple[str, str] | None] = {}
     examples: list[Example] = []
     rejects: list[tuple[str, str, str]] = []
+    mask_rejects: list[tuple[str, str, str]] = []
     count: Counter = Counter()
     truncated_examples: list[int] = []
     for cap in captions:
@@ -199,10 +209,19 @@ def build_examples(
                     f"noun {n['noun_id']}: mask is {m['height']} x {m['width']}, "
                     f"its image {cap['height']} x {cap['width']}"
                 )
-            targets.append(NounTarget(
+            target = NounTarget(
                 noun_id=n["noun_id"], text=n["text"], token_indices=tuple(int(i) for i in n["token_indices"]),
                 rle=bytes(m["rle"]), height=m["height"], width=m["width"],
-            ))
+            )
+            if coverage is not None:
+                share, r = coverage.worst(target)
+                if share > coverage.max_share:
+                    count["full_image_masks"] += 1
+                    mask_rejects.append((str(n["noun_id"]), "mask_covers_image",
+                                         f"caption {cid} {n['text']!r}: mask covers {share:.3f} of the {r} x {r} "
+                                         f"attention map (max_mask_coverage {coverage.max_share})"))
+                    continue
+            targets.append(target)
         count["supervised_nouns"] += len(targets)
         count["examples_without_masks"] += not targets
         examples.append(Example(
@@ -225,18 +244,65 @@ def build_examples(
         "truncated_nouns": count["truncated_nouns"],
         "unmasked_nouns": count["unmasked_nouns"],
         "nouns_without_tokens": count["nouns_without_tokens"],
+        "full_image_masks": count["full_image_masks"],
         "nouns_of_rejected_captions": count["nouns_of_rejected_captions"],
         "max_nouns_per_example": max((len(e.nouns) for e in examples), default=0),
     }
     noun_parts = ("supervised_nouns", "truncated_nouns", "unmasked_nouns", "nouns_without_tokens",
-                  "nouns_of_rejected_captions")
+                  "full_image_masks", "nouns_of_rejected_captions")
     if summary["captions"] != summary["examples"] + summary["rejected"] or (
         summary["input_nouns"] != sum(summary[k] for k in noun_parts)
     ):
         raise RuntimeError(f"training data: counts do not add up: {summary}")
+    if mask_rejects:
+        log.warning("%d of %d masked nouns have a mask covering more than %s of an attention map and are not "
+                    "supervised (reason mask_covers_image), e.g. %s", len(mask_rejects),
+                    len(mask_rejects) + summary["supervised_nouns"], coverage.max_share, mask_rejects[0][2])
     log.info("training data: %d examples (%d without masks), %d rejected, %d supervised nouns",
              len(examples), summary["examples_without_masks"], len(rejects), summary["supervised_nouns"])
-    return examples, rejects, summary
+    return examples, rejects + mask_rejects, summary
+
+
+@dataclass(frozen=True)
+class MaskCoverage:
+    """How much of each attention map a noun's mask covers, as the loss sees it.
+
+    resolution: R, the training crop side; latent_resolutions: the supervised map sides;
+    max_share: the most a mask may cover at any of them and still be supervised.
+    """
+
+    resolution: int
+    latent_resolutions: tuple[int, ...]
+    max_share: float
+
+    def worst(self, noun: NounTarget) -> tuple[float, int]:
+        """``(share, r)``: the largest fraction of an ``r x r`` map the center-cropped mask covers."""
+        masks = noun_masks([noun], self.resolution, self.latent_resolutions, crop=None)
+        shares = {r: float(m[0].mean()) for r, m in masks.items()}
+        r = max(shares, key=lambda k: (shares[k], -k))
+        return shares[r], r
+
+
+def _resize_shorter(img: Image.Image, resolution: int) -> Image.Image:
+    return TF.resize(img, resolution, interpolation=InterpolationMode.BILINEAR)
+
+
+def noun_masks(nouns: Sequence[NounTarget], resolution: int, latent_resolutions: Sequence[int],
+               crop: tuple[int, int] | None) -> dict[int, torch.Tensor]:
+    """The nouns' masks as the loss sees them: ``{r: (N, r, r)}`` float in {0, 1}.
+
+    Each full-size mask is resized like its image (shorter side to ``resolution``, bilinear),
+    cropped to ``resolution`` x ``resolution`` at ``crop = (top, left)`` (None: the center crop),
+    then :func:`resize_mask` to every ``r`` (see the module docstring).
+    """
+    R = resolution
+    full = torch.zeros(len(nouns), R, R)
+    for k, noun in enumerate(nouns):
+        mask = decode_rle(noun.rle, noun.height, noun.width)
+        img = _resize_shorter(Image.fromarray(mask.astype(np.uint8) * 255), R)
+        top, left = crop if crop is not None else crop_box(img.height, img.width, R, center=True)
+        full[k] = TF.to_tensor(TF.crop(img, top, left, R, R))[0]
+    return {r: resize_mask(full, r) for r in latent_resolutions}
 
 
 def crop_box(height: int, width: int, resolution: int, center: bool) -> tuple[int, int]:
@@ -292,7 +358,7 @@ class TokenComposeDataset(Dataset):
         return len(self.examples)
 
     def _resize(self, img: Image.Image) -> Image.Image:
-        return TF.resize(img, self.resolution, interpolation=InterpolationMode.BILINEAR)
+        return _resize_shorter(img, self.resolution)
 
     def input_ids(self, caption: str) -> torch.Tensor:
         """``(77,)`` long: start, tokens (truncated to 75), end, padding with the end token."""
@@ -317,12 +383,7 @@ class TokenComposeDataset(Dataset):
         pixels = TF.to_tensor(TF.crop(image, top, left, R, R))
         pixel_values = TF.normalize(pixels, [0.5], [0.5])
 
-        full = torch.zeros(len(ex.nouns), R, R)
-        for k, noun in enumerate(ex.nouns):
-            mask = decode_rle(noun.rle, noun.height, noun.width)
-            img = Image.fromarray(mask.astype(np.uint8) * 255)
-            full[k] = TF.to_tensor(TF.crop(self._resize(img), top, left, R, R))[0]
-        masks = {r: resize_mask(full, r) for r in self.latent_resolutions}
+        masks = noun_masks(ex.nouns, R, self.latent_resolutions, crop=(top, left))
         return {
             "pixel_values": pixel_values,
             "input_ids": self.input_ids(ex.caption),

@@ -6,7 +6,8 @@
                                                each supervised noun's attention (heads, layers
                                                and resolution groups averaged) over the image,
                                                its mask outlined
-    plots/metrics/heldout/attention_share_*.tsv  attention inside the masks on held-out images
+    plots/metrics/heldout/attention_{share,share_r<r>,iou}.tsv  attention inside the masks on
+                                               held-out images; step 0: the pretrained UNet
     metrics.json                               the last step's values
 A resumed run first drops the rows logged after its checkpoint, so curves never double.
 """
@@ -64,13 +65,16 @@ class TrainLogger:
             self.live.log_metric(name, value)
         self.live.next_step()
 
-    def log_heldout(self, step: int, share: dict[str, float]) -> None:
-        """Attention share inside the masks on held-out images (``heldout/attention_share_<r>``)."""
+    def log_heldout(self, step: int, grounding: dict[str, float]) -> None:
+        """Attention on held-out images: ``heldout/attention_share``, ``_share_r<r>``, ``_iou``.
+
+        Step 0 is the pretrained UNet.
+        """
         if self.live is None:
             return
         self.live.step = step
-        for key, value in share.items():
-            self.live.log_metric(f"heldout/attention_share_{key}", value)
+        for key, value in grounding.items():
+            self.live.log_metric(f"heldout/attention_{key}", value)
         self.live.make_summary()
 
     def log_heatmaps(self, step: int, rows: list[dict]) -> None:

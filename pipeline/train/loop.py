@@ -42,7 +42,7 @@ from pipeline.core.shards import inputs_digest
 from pipeline.core.tables import read_table
 from pipeline.models.stable_diffusion import load_sd_components, vae_scale_factor
 from pipeline.train.attention import AttentionCapture, layer_resolutions
-from pipeline.train.attention_metrics import evaluate_attention_share
+from pipeline.train.attention_metrics import evaluate_grounding
 from pipeline.train.checkpoints import (
     checkpoint_last_values,
     checkpoint_step,
@@ -50,7 +50,7 @@ from pipeline.train.checkpoints import (
     load_optimizer,
     save_checkpoint,
 )
-from pipeline.train.dataset import TokenComposeDataset, build_examples, collate
+from pipeline.train.dataset import MaskCoverage, TokenComposeDataset, build_examples, collate
 from pipeline.train.losses import grounding_losses, total_loss
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class TrainConfig:
     heatmap_steps: int = 500
     heatmap_captions: int = 3
     holdout_images: int = 0                    # images kept out of training; attention share is measured on them
+    max_mask_coverage: float = 0.9             # a mask covering more of an attention map is not supervised
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"
@@ -103,6 +104,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.lambda_token < 0 or self.gamma_pixel < 0 or self.learning_rate <= 0:
             raise ConfigError("train.lambda_token and gamma_pixel must be >= 0, learning_rate > 0")
+        if not 0.0 < self.max_mask_coverage <= 1.0:
+            raise ConfigError(f"train.max_mask_coverage must lie in (0, 1] (1 keeps every mask), "
+                              f"got {self.max_mask_coverage}")
 
 
 #: settings that do not change the trained weights: they may differ between a run and its resume
@@ -183,7 +187,11 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
     fp = run_fingerprint(cfg, captions_path, nouns_path)
 
     parts = load_sd_components(cfg.pretrained, revision=cfg.revision)
-    examples, rejects, data_summary = build_examples(captions_path, nouns_path, cfg.masks, tokenizer=parts.tokenizer)
+    latent = cfg.resolution // vae_scale_factor(parts.vae)
+    resolutions = sorted(set(layer_resolutions(parts.unet, latent, cfg.attn_blocks).values()))
+    coverage = MaskCoverage(cfg.resolution, tuple(resolutions), cfg.max_mask_coverage)
+    examples, rejects, data_summary = build_examples(captions_path, nouns_path, cfg.masks, tokenizer=parts.tokenizer,
+                                                     coverage=coverage)
     examples, heldout = split_holdout(examples, cfg.holdout_images, cfg.seed)
     weight_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
     unet, vae, text_encoder, scheduler = parts.unet, parts.vae, parts.text_encoder, parts.noise_scheduler
@@ -191,12 +199,17 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
         frozen.requires_grad_(False).eval()
         frozen.to(accelerator.device) if weight_dtype == torch.float32 else frozen.to(accelerator.device, weight_dtype)
 
-    latent = cfg.resolution // vae_scale_factor(vae)
     capture = AttentionCapture(unet, blocks=cfg.attn_blocks)
-    resolutions = sorted(set(layer_resolutions(unet, latent, cfg.attn_blocks).values()))
     dataset = TokenComposeDataset(examples, parts.tokenizer, cfg.resolution, resolutions)
     heldout_set = TokenComposeDataset(heldout, parts.tokenizer, cfg.resolution, resolutions) if heldout else None
     order = ExampleOrder(len(dataset), cfg.seed)
+    heldout_nouns = sum(len(e.nouns) for e in heldout)
+    if heldout and not heldout_nouns:
+        log.warning("no held-out caption has a supervised noun: the held-out attention share is not measured")
+    measure = heldout_set is not None and heldout_nouns > 0
+    # the pretrained UNet on the held-out images: what training should improve on
+    base = _heldout_grounding(cfg, unet.to(accelerator.device), vae, text_encoder, heldout_set, scheduler) \
+        if measure and accelerator.is_main_process else {}
 
     resume = latest_checkpoint(out / "checkpoints", fp) if accelerator.is_main_process else None
     resume = _broadcast_path(accelerator, resume)
@@ -220,6 +233,8 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
         load_optimizer(resume, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer)
 
     logger = TrainLogger(out, enabled=accelerator.is_main_process, resume_step=start_step)
+    if base and start_step == 0:
+        logger.log_heldout(0, base)
     heat_examples = [i for i, e in enumerate(examples) if e.nouns][: cfg.heatmap_captions]
     bar = tqdm(total=cfg.max_train_steps, initial=start_step, desc="train", unit="step",
                disable=None if accelerator.is_main_process else True)
@@ -255,12 +270,11 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
             if accelerator.is_main_process and (done % cfg.heatmap_steps == 0 or done == cfg.max_train_steps):
                 logger.log_heatmaps(done, _heatmap_rows(cfg, dataset, heat_examples, accelerator.unwrap_model(unet),
                                                         vae, text_encoder, scheduler, capture, weight_dtype))
-                if heldout_set is not None:
-                    share = evaluate_attention_share(accelerator.unwrap_model(unet), vae, text_encoder, heldout_set,
-                                                     list(range(len(heldout_set))), cfg.attn_blocks, seed=cfg.seed,
-                                                     scheduler=scheduler)
-                    logger.log_heldout(done, share)
-                    last.update({f"heldout_attention_share_{k}": v for k, v in share.items()})
+                if measure:
+                    grounding = _heldout_grounding(cfg, accelerator.unwrap_model(unet), vae, text_encoder,
+                                                   heldout_set, scheduler)
+                    logger.log_heldout(done, grounding)
+                    last.update({f"heldout_attention_{k}": v for k, v in grounding.items()})
             if done % cfg.checkpointing_steps == 0 or done == cfg.max_train_steps:
                 if accelerator.is_main_process:
                     save_checkpoint(out / "checkpoints", done, accelerator.unwrap_model(unet), optimizer,
@@ -280,13 +294,39 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
         "attention_resolutions": resolutions,
         "train_examples": len(examples),
         "heldout_examples": len(heldout),
-        **{f"final_{k}": v for k, v in last.items()},
+        "heldout_supervised_nouns": heldout_nouns,
+        **{f"base_heldout_attention_{k}": v for k, v in base.items() if k in ("share", "iou")},
+        # per-group loss values are in the dvclive curves; the summary keeps the headline ones
+        **{f"final_{k}": v for k, v in last.items() if "/" not in k},
         **data_summary,
-        "rejected": len(rejects),
+        "flags": _flags(cfg, data_summary, heldout, heldout_nouns),
     }
     logger.finish(summary, rejects)
     log.info("trained %d steps in %.1f s", cfg.max_train_steps - start_step, time.perf_counter() - t0)
     return summary
+
+
+def _heldout_grounding(cfg, unet, vae, text_encoder, heldout_set, scheduler) -> dict[str, float]:
+    """Attention share (overall and per group) and IoU (overall) on every held-out example."""
+    g = evaluate_grounding(unet, vae, text_encoder, heldout_set, list(range(len(heldout_set))), cfg.attn_blocks,
+                           seed=cfg.seed, scheduler=scheduler)
+    return {k: v for k, v in g.items() if k == "iou" or k.startswith("share")}
+
+
+def _flags(cfg: TrainConfig, data: dict, heldout: list, heldout_nouns: int) -> list[str]:
+    """Why the run's grounding numbers cannot be read as success; empty when there is nothing to flag."""
+    flags = []
+    if data["supervised_nouns"] == 0 and (cfg.lambda_token > 0 or cfg.gamma_pixel > 0):
+        flags.append("no_supervised_nouns: L_token and L_pixel were 0 throughout")
+    if heldout and heldout_nouns == 0:
+        flags.append("heldout_without_supervised_nouns: no held-out attention share was measured")
+    masked = data["supervised_nouns"] + data["full_image_masks"]
+    if masked and data["full_image_masks"] > masked / 2:
+        flags.append(f"full_image_masks: {data['full_image_masks']} of {masked} masks cover more than "
+                     f"train.max_mask_coverage={cfg.max_mask_coverage} of an attention map and were not supervised")
+    for flag in flags:
+        log.warning("train: %s", flag)
+    return flags
 
 
 def _encode(batch, positions, cfg, vae, text_encoder, scheduler, device, weight_dtype):
