@@ -192,6 +192,14 @@ def test_bad_inputs_fail_clearly_or_are_recorded(evaluated: Path, tmp_path: Path
     write_params(ws, params)
     proc = run_stage(ws, "stages.evaluate", "--model", "gone", check=False)
     assert proc.returncode != 0 and "UNet folder models/gone/unet not found" in proc.stderr
+    # more FID images than the captions hold: refused at the start, before any image is drawn
+    partial = sorted(p.name for p in (ws / "data/.partial").iterdir()) if (ws / "data/.partial").exists() else []
+    params["evaluate"]["fid"]["num_images"] = 10_000
+    write_params(ws, params)
+    proc = run_stage(ws, "stages.evaluate", "--model", "base", check=False)
+    assert proc.returncode != 0 and "evaluate.fid.num_images (real images) = 10000" in proc.stderr
+    assert (sorted(p.name for p in (ws / "data/.partial").iterdir()) if partial else []) == partial
+    params["evaluate"]["fid"]["num_images"] = 4
     # a category the detector is not asked about: the prompt is a recorded reject, the rest is scored
     prompts = [{"unique_id": i, "num_objects": 2, "obj_1_attributes": [a], "obj_2_attributes": [b],
                 "text": f"a photo of a {a} and a {b}."} for i, (a, b) in enumerate([("cup", "kite"), ("cup", "yak")])]

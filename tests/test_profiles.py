@@ -74,7 +74,8 @@ def test_paper_profile_evaluates_with_the_official_protocol():
         assert mg.prompts == "data/multigen/coco_obj_comp_5_1k.json" and mg.images_per_prompt == 10
         assert (mg.detector, mg.threshold) == ("google/owlv2-large-patch14-ensemble", 0.1)
         assert ev.object_accuracy.detector == "google/owlvit-base-patch32" and len(ev.object_accuracy.categories) == 80
-        assert (ev.fid.num_images, ev.fid.features) == (10000, "inception")
+        # val2017 has 5,000 images: all of them as the real set, 2 captions each -> 10,000 generated
+        assert (ev.fid.num_images, ev.fid.captions_per_image, ev.fid.features) == (5000, 2, "inception")
         assert set(ev.models) == {"base", "tokencompose"}
 
 

@@ -67,18 +67,23 @@ class ObjectAccuracyConfig:
 
 @dataclass(frozen=True)
 class FidConfig:
-    """FID of images drawn from COCO captions against those captions' real images."""
+    """FID of images drawn from COCO captions against those captions' real images.
+
+    ``num_images`` real images (each once), ``captions_per_image`` distinct captions of each,
+    one generated image per caption: ``num_images * captions_per_image`` generated images.
+    """
 
     enabled: bool = True
     captions: str = "data/coco/annotations/captions_val2017.json"
     images_dir: str = "data/coco/val2017"
-    num_images: int = 10000
+    num_images: int = 5000
+    captions_per_image: int = 1
     features: str = "inception"  # inception (2048-d pool3) | a local CLIP vision model folder
     batch_size: int = 32
 
     def validate(self) -> None:
-        if self.enabled and (self.num_images < 2 or self.batch_size < 1):
-            raise ConfigError("evaluate.fid: num_images must be >= 2 and batch_size >= 1")
+        if self.enabled and (self.num_images < 2 or self.batch_size < 1 or self.captions_per_image < 1):
+            raise ConfigError("evaluate.fid: num_images must be >= 2, captions_per_image and batch_size >= 1")
 
 
 @dataclass(frozen=True)

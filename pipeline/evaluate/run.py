@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.core.config import fingerprint
+from pipeline.core.config import ConfigError, fingerprint
 from pipeline.core.devices import resolve_device
 from pipeline.core.schemas import MANIFEST_SCHEMA, REJECTS_SCHEMA
 from pipeline.core.shards import World, file_digest, partial_dir
@@ -71,6 +71,9 @@ def benchmarks(cfg: EvaluateConfig) -> tuple[list[PromptBenchmark], list[tuple[s
     if mg.enabled:
         if mg.prompts is not None:
             prompts = read_prompts(mg.prompts)
+            if mg.num_prompts is not None and mg.num_prompts > len(prompts):
+                raise ConfigError(f"evaluate.multigen.num_prompts = {mg.num_prompts} but {mg.prompts} holds "
+                                  f"{len(prompts)} prompts")
             prompts = prompts if mg.num_prompts is None else prompts[: mg.num_prompts]
         else:
             prompts = make_prompts(list(mg.categories or []), mg.num_prompts or 0, cfg.seed, mg.objects_per_prompt)
@@ -91,20 +94,24 @@ def fid_items(cfg: EvaluateConfig):
     """(pairs, items): the captions FID draws from and their generation items (seed namespace "fid")."""
     from pipeline.evaluate.fid import select_fid_pairs
 
-    pairs = select_fid_pairs(cfg.fid.captions, cfg.fid.images_dir, cfg.fid.num_images, cfg.seed)
+    pairs = select_fid_pairs(cfg.fid.captions, cfg.fid.images_dir, cfg.fid.num_images, cfg.seed,
+                             cfg.fid.captions_per_image)
     items = [GenItem(f"{p.image_id}_{p.caption_id}", p.caption, image_seed(cfg.seed, p.caption_id, 0, "fid"))
              for p in pairs]
     return pairs, items
 
 
-def run_fid(cfg: EvaluateConfig, pipe, model: str, digest: str, device: str, out: Path, world: World
-            ) -> dict | None:
-    """Draw one image per selected caption and compute FID against the captions' real images."""
+def run_fid(cfg: EvaluateConfig, pipe, model: str, digest: str, device: str, out: Path, world: World,
+            selected=None) -> dict | None:
+    """Draw one image per selected caption; FID against the selected real images, each counted once.
+
+    ``selected``: ``fid_items(cfg)``, when already computed (at the stage's start).
+    """
     from PIL import Image
 
     from pipeline.evaluate.fid import FidMetric, reference_image
 
-    pairs, items = fid_items(cfg)
+    pairs, items = selected if selected is not None else fid_items(cfg)
     fp = fingerprint(digest, cfg.generation, [(i.key, i.text, i.seed) for i in items])
     images = partial_dir(f"evaluate-{model}-fid-images", fp, world)
     generate_images(pipe, items, images, cfg.generation, world, desc=f"{model} fid")
@@ -112,16 +119,18 @@ def run_fid(cfg: EvaluateConfig, pipe, model: str, digest: str, device: str, out
         return None
     metric = FidMetric(cfg.fid.features, device=device)
     size = cfg.generation.resolution
+    real = list(dict.fromkeys(p.path for p in pairs))  # each real image once, however many captions
+    for start in range(0, len(real), cfg.fid.batch_size):
+        metric.update([reference_image(path, size) for path in real[start:start + cfg.fid.batch_size]], real=True)
     for start in range(0, len(items), cfg.fid.batch_size):
         batch = range(start, min(start + cfg.fid.batch_size, len(items)))
-        metric.update([reference_image(pairs[i].path, size) for i in batch], real=True)
         metric.update([Image.open(images / f"{items[i].key}.png").convert("RGB") for i in batch], real=False)
     value = metric.compute()
     publish_images(images, [i.key for i in items], out / "images")
     rows = [{"key": i.key, "prompt_id": p.caption_id, "image_index": 0, "seed": i.seed, "text": i.text,
              "categories": []} for p, i in zip(pairs, items)]
     write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), out / "manifest.parquet")
-    return {"fid": value, "images": len(items), "features": cfg.fid.features}
+    return {"fid": value, "images": len(items), "real_images": len(real), "features": cfg.fid.features}
 
 
 def run_attention(cfg: EvaluateConfig, pipe) -> dict:
@@ -202,10 +211,12 @@ def run_evaluate(cfg: EvaluateConfig, model: str) -> dict | None:
     world = World.from_accelerate(resolve_device(cfg.device))
     device = world.device
     t0 = time.perf_counter()
+    # every input is read and every count checked before anything is generated
+    benches, rejects = benchmarks(cfg)
+    fid_selected = fid_items(cfg) if cfg.fid.enabled else None
     pipe = load_sd_pipeline(cfg.pretrained, unet, device, cfg.generation.dtype, cfg.generation.scheduler)
     digest = model_digest(cfg.pretrained, unet)
     out = Path(cfg.out_dir) / model
-    benches, rejects = benchmarks(cfg)
     metrics: dict = {}
     reject_tables = [rejects_table("evaluate", rejects)]
     counts: dict = {"rejected_prompts": len(rejects)}
@@ -229,10 +240,11 @@ def run_evaluate(cfg: EvaluateConfig, model: str) -> dict | None:
         else:
             metrics["object_accuracy"] = s.get("MG2", math.nan)
     if cfg.fid.enabled:
-        fid = run_fid(cfg, pipe, model, digest, device, out / "fid", world)
+        fid = run_fid(cfg, pipe, model, digest, device, out / "fid", world, fid_selected)
         if fid is not None:
             metrics["fid"] = fid["fid"]
             counts["fid_images"] = fid["images"]
+            counts["fid_real_images"] = fid["real_images"]
     if not world.is_main:
         return None
     if cfg.attention.enabled:
