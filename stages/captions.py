@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  help="image decoding threads (default: min(8, CPUs))"),
     )
     cfg = load_section("captions", CaptionsConfig, args.params)
-    require_satisfiable(read_params(args.params), args.params)  # before any work
+    require_satisfiable(read_params(args.params), args.params, only=("captions",))  # before any work
     log.info("captions: %s", cfg)
     return run_captions(cfg, workers=args.workers)
 

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args, log = parse(__doc__, argv, extend)
     cfg = load_section("evaluate", EvaluateConfig, args.params)
-    require_satisfiable(read_params(args.params), args.params)  # before any work
+    require_satisfiable(read_params(args.params), args.params, only=("evaluate",))  # before any work
     if args.only is not None:
         path = regenerate(cfg, args.model, args.only, args.out or f"{args.only.replace(':', '_')}.png")
         log.info("wrote %s", path)

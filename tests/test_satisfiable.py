@@ -83,3 +83,10 @@ def test_object_accuracy_pool(no_data):
                                                "num_prompts": 7}}}
     assert check_params(params) == ["evaluate.object_accuracy.num_prompts = 7 but 3 categories x 1 relations "
                                     "give 6 prompts"]
+
+
+def test_a_stage_checks_its_own_counts_only(no_data):
+    params = resolve(REPO / "configs" / "paper-sd14.yaml")
+    params["evaluate"]["fid"]["num_images"] = 10_000
+    assert check_params(params, only=("captions", "train")) == []
+    assert len(check_params(params, only=("evaluate",))) == 1

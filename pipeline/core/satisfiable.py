@@ -91,8 +91,12 @@ def _need(problems: list[str], what: str, asked: int | None, have: int | None, s
         problems.append(f"{what} = {asked} but {path} holds {have} ({src})")
 
 
-def check_params(params: dict[str, Any]) -> list[str]:
-    """Every count of a full params mapping that its data cannot meet, as messages (empty: all fit)."""
+def check_params(params: dict[str, Any], only: tuple[str, ...] | None = None) -> list[str]:
+    """Every count of a full params mapping that its data cannot meet, as messages (empty: all fit).
+
+    ``only``: the sections whose counts to check (a stage checks its own: ``("evaluate",)``);
+    None: all of them (``profiles use``).
+    """
     problems: list[str] = []
     cap = params.get("captions", {})
     source = data_size(cap.get("source"))
@@ -138,12 +142,14 @@ def check_params(params: dict[str, Any]) -> list[str]:
         if oa["num_prompts"] > pool:
             problems.append(f"evaluate.object_accuracy.num_prompts = {oa['num_prompts']} but {n} categories x "
                             f"{len(oa.get('relations') or [])} relations give {pool} prompts")
+    if only is not None:
+        problems = [p for p in problems if p.split(".", 1)[0] in only]
     return problems
 
 
-def require_satisfiable(params: dict[str, Any], where: str = "params") -> None:
-    """Raise ConfigError listing every count of ``params`` that its data cannot meet."""
-    problems = check_params(params)
+def require_satisfiable(params: dict[str, Any], where: str = "params", only: tuple[str, ...] | None = None) -> None:
+    """Raise ConfigError listing every count of ``params`` (of sections ``only``) that its data cannot meet."""
+    problems = check_params(params, only)
     if problems:
         raise ConfigError(f"{where}: counts the data cannot meet:\n  - " + "\n  - ".join(problems))
     log.debug("%s: every count fits its data", where)
