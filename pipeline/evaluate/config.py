@@ -7,6 +7,7 @@ from typing import Literal
 
 from pipeline.core.config import ConfigError
 from pipeline.evaluate.generation import GenerationConfig
+from pipeline.models.stable_diffusion import SDExpectation
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class EvaluateConfig:
     object_accuracy: ObjectAccuracyConfig
     fid: FidConfig
     attention: AttentionEvalConfig
+    expect: SDExpectation | None = None   # the architecture of pretrained and of every UNet (checked first)
     seed: int = 0
     grid_images: int = 16
     device: str = "auto"

@@ -51,7 +51,7 @@ from pipeline.evaluate.prompt_benchmarks import (
     publish_images,
     run_prompt_benchmark,
 )
-from pipeline.models.stable_diffusion import load_sd_pipeline
+from pipeline.models.stable_diffusion import check_sd_architecture, load_sd_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,8 @@ def regenerate(cfg: EvaluateConfig, model: str, key: str, path: str | Path) -> P
     match = [it for it in items if it.key == item_key]
     if not match:
         raise KeyError(f"{key}: no such image in the {bench_name} benchmark")
-    pipe = load_sd_pipeline(cfg.pretrained, cfg.model_unet(model), device, cfg.generation.dtype, cfg.generation.scheduler)
+    pipe = load_sd_pipeline(cfg.pretrained, cfg.model_unet(model), device, cfg.generation.dtype, cfg.generation.scheduler,
+                            cfg.expect)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_png(draw(pipe, match, cfg.generation)[0], path)
@@ -211,10 +212,11 @@ def run_evaluate(cfg: EvaluateConfig, model: str) -> dict | None:
     world = World.from_accelerate(resolve_device(cfg.device))
     device = world.device
     t0 = time.perf_counter()
-    # every input is read and every count checked before anything is generated
+    # every model file, input and count is checked before anything is generated
+    check_sd_architecture(cfg.pretrained, cfg.expect, (unet,))
     benches, rejects = benchmarks(cfg)
     fid_selected = fid_items(cfg) if cfg.fid.enabled else None
-    pipe = load_sd_pipeline(cfg.pretrained, unet, device, cfg.generation.dtype, cfg.generation.scheduler)
+    pipe = load_sd_pipeline(cfg.pretrained, unet, device, cfg.generation.dtype, cfg.generation.scheduler, cfg.expect)
     digest = model_digest(cfg.pretrained, unet)
     out = Path(cfg.out_dir) / model
     metrics: dict = {}
