@@ -49,6 +49,7 @@ def resolve(path: Path) -> dict:
 def validate(path: Path) -> None:
     """Load every section of a profile into its typed config (raises ConfigError)."""
     from pipeline.core.config import from_dict
+    from pipeline.core.launch import LaunchConfig
     from pipeline.data.captions import CaptionsConfig
     from pipeline.data.coco_download import CocoDownloadConfig
     from pipeline.data.ground import GroundConfig
@@ -73,6 +74,7 @@ def validate(path: Path) -> None:
         "train": TrainConfig,
         "multigen_prompts": PromptDownloadConfig,
         "evaluate": EvaluateConfig,
+        "launch": LaunchConfig,
     }
     params = resolve(path)
     missing = sorted(set(sections) - set(params))
