@@ -219,9 +219,53 @@ def test_parts_can_be_switched_off(evaluated: Path, tmp_path: Path):
     params = yaml.safe_load((ws / "params.yaml").read_text())
     for part in ("object_accuracy", "fid", "attention"):
         params["evaluate"][part]["enabled"] = False
+    # Flickr30K configured but not supplied: skipped, with the reason recorded
+    params["evaluate"]["fid_flickr30k"] = {"captions": "data/flickr30k/captions_val.json",
+                                           "images_dir": "data/flickr30k/images", "num_images": 4}
     write_params(ws, params)
     run_stage(ws, "stages.evaluate", "--model", "base")
     m = metrics(ws, "base")
-    assert set(m) == {"multigen", "counts"} and m["multigen"] == metrics(evaluated, "base")["multigen"]
+    assert set(m) == {"multigen", "latency_s_per_image", "skipped", "counts"}
+    assert m["multigen"] == metrics(evaluated, "base")["multigen"]
+    assert "Flickr30K not supplied: data/flickr30k/captions_val.json" in m["skipped"]["fid_flickr30k"]
+    assert m["latency_s_per_image"] > 0 and m["counts"]["latency_images"] == m["counts"]["multigen_images"]
     for name in ("object_accuracy", "fid", "figures"):  # DVC's outputs exist all the same
         assert (ws / "data/evaluate/base" / name).is_dir()
+
+
+def test_table1_in_one_run_two_prompt_sets_flickr_fid_latency(evaluated: Path, tmp_path: Path, shared_dir: Path):
+    """Two MultiGen prompt sets (an official file and generated prompts) with their own metrics keys and
+    folders, FID on COCO and on user-supplied "Flickr30K" images, latency; then stages.table1."""
+    ws = clone(evaluated, tmp_path / "table1")
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    ev = params["evaluate"]
+    generated = dict(ev["multigen"])
+    official = dict(generated, prompts=str(shared_dir / "multigen/coco_obj_comp_5_1k.json"), categories=None,
+                    num_prompts=2, images_per_prompt=1, heatmap_prompts=0)
+    ev["multigen"] = {"coco": official, "mine": generated}
+    ev["object_accuracy"]["enabled"] = ev["attention"]["enabled"] = False
+    ev["fid_flickr30k"] = dict(ev["fid"], num_images=3)              # the demo images stand in for Flickr30K
+    write_params(ws, params)
+    run_stage(ws, "stages.evaluate", "--model", "base")
+    m = metrics(ws, "base")
+    out = ws / "data/evaluate/base"
+    assert set(m["multigen_coco"]) == set(m["multigen_mine"]) == {f"MG{k}{s}" for k in (2, 3, 4, 5) for s in ("", "_std")}
+    assert m["multigen_mine"] == metrics(evaluated, "base")["multigen"]     # same prompts, seeds and images
+    assert len(list((out / "multigen/coco/images").glob("*.png"))) == 2 == m["counts"]["multigen_coco_images"]
+    assert len(list((out / "multigen/mine/images").glob("*.png"))) == 6 == m["counts"]["multigen_mine_images"]
+    assert (out / "category_recall.csv").is_file() and (out / "multigen/mine/category_recall.csv").is_file()
+    assert np.isfinite(m["fid"]) and np.isfinite(m["fid_flickr30k"]) and "skipped" not in m
+    assert m["counts"]["fid_flickr30k_images"] == 3 and len(list((out / "fid/flickr30k/images").glob("*.png"))) == 3
+    assert m["latency_s_per_image"] > 0 and m["counts"]["latency_images"] == 2 + 6 + 4 + 3
+    # a rerun draws nothing: latency cannot be measured and says so, never a made-up number
+    run_stage(ws, "stages.evaluate", "--model", "base")
+    again = metrics(ws, "base")
+    assert again["latency_s_per_image"] is None and "no image was drawn" in again["skipped"]["latency_s_per_image"]
+    table = run_stage(ws, "stages.table1").stdout
+    lines = table.splitlines()
+    assert lines[0].startswith("| model | Object Accuracy | COCO MG2 |") and "FID (Flickr30K) | latency (s/img) |" in lines[0]
+    assert "| SD 1.4 (published) | 29.86 | 90.72 ± 1.33 |" in table and "| 7.56 |" in table
+    base = next(r for r in lines if r.startswith("| base |")).split(" | ")
+    assert base[1] == "n/a" and f"{m['multigen_coco']['MG2']:.2f} ± {m['multigen_coco']['MG2_std']:.2f}" == base[2]
+    assert base[-1] == "skipped |" and next(r for r in lines if r.startswith("| tuned |")).count("not evaluated") > 0
+    assert "- base, latency_s_per_image: skipped: no image was drawn" in table

@@ -9,7 +9,12 @@ import pytest
 import yaml
 
 from pipeline.core.config import ConfigError
-from pipeline.core.satisfiable import KNOWN_SIZES, check_params, data_size, require_satisfiable
+from pipeline.core.satisfiable import (
+    KNOWN_SIZES,
+    check_params,
+    data_size,
+    require_satisfiable,
+)
 from stages.profiles import available, resolve, use, validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,13 +46,13 @@ def test_paper_profiles_are_checked_against_published_sizes(name, no_data):
     assert data_size(params["evaluate"]["fid"]["captions"]).source == "known"
     too_many = json.loads(json.dumps(params))
     too_many["evaluate"]["fid"].update(num_images=10_000, captions_per_image=1)   # the old, impossible setting
-    too_many["evaluate"]["multigen"]["num_prompts"] = 1_001
+    too_many["evaluate"]["multigen"]["ade20k"]["num_prompts"] = 1_001
     too_many["evaluate"]["fid"]["captions_per_image"] = 6
     too_many["train"]["holdout_images"] = 4_526
     problems = "\n".join(check_params(too_many))
     assert "evaluate.fid.num_images (real images) = 10000" in problems and "holds 5000 (published size)" in problems
     assert "captions_per_image = 6" in problems
-    assert "evaluate.multigen.num_prompts = 1001" in problems and "holds 1000" in problems
+    assert "evaluate.multigen.ade20k.num_prompts = 1001 but data/multigen/ade20k_obj_comp_5_1k.json holds 1000" in problems
     assert "train.holdout_images" in problems and "holds 4526" in problems
 
 
@@ -81,8 +86,8 @@ def test_sizes_on_disk_win_over_published_ones(coco_mini, tmp_path, monkeypatch)
 def test_object_accuracy_pool(no_data):
     params = {"evaluate": {"object_accuracy": {"categories": ["cat", "dog", "cow"], "relations": ["above"],
                                                "num_prompts": 7}}}
-    assert check_params(params) == ["evaluate.object_accuracy.num_prompts = 7 but 3 categories x 1 relations "
-                                    "give 6 prompts"]
+    expected = "evaluate.object_accuracy.num_prompts = 7 but 3 categories x 1 relations give 6 prompts"
+    assert check_params(params) == [expected]
 
 
 def test_a_stage_checks_its_own_counts_only(no_data):

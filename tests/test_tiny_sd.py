@@ -153,7 +153,11 @@ def test_a_folder_of_another_architecture_stops_before_any_weight_loads(tiny_sd:
     """An "SD2.1" folder (wider cross-attention, v-prediction) where the profile expects the tiny SD1-like model."""
     import diffusers
 
-    from pipeline.models.stable_diffusion import SDExpectation, check_sd_architecture, load_sd_pipeline
+    from pipeline.models.stable_diffusion import (
+        SDExpectation,
+        check_sd_architecture,
+        load_sd_pipeline,
+    )
 
     other = build_tiny_sd(tmp_path / "sd-v", seed=0,
                           config=TinySDConfig(text_hidden_size=48, prediction_type="v_prediction"))

@@ -120,20 +120,25 @@ def check_params(params: dict[str, Any], only: tuple[str, ...] | None = None) ->
             size, have, att_path = source, train_images, cap.get("source")
         _need(problems, "evaluate.attention.holdout_images", att["holdout_images"], have, size, att_path)
 
-    fid = ev.get("fid", {})
-    if fid.get("enabled", True):
-        size = data_size(fid.get("captions"))
-        if size is not None:
-            _need(problems, "evaluate.fid.num_images (real images)", fid.get("num_images"), size.images, size,
-                  fid.get("captions"))
-            _need(problems, "evaluate.fid.captions_per_image", fid.get("captions_per_image", 1),
-                  size.min_captions_per_image, size, f"{fid.get('captions')} (fewest captions of an image)")
+    for key in ("fid", "fid_flickr30k"):
+        fid = ev.get(key) or {}
+        if fid.get("enabled", True) and fid.get("captions"):
+            size = data_size(fid["captions"])
+            if size is not None:
+                _need(problems, f"evaluate.{key}.num_images (real images)", fid.get("num_images"), size.images, size,
+                      fid["captions"])
+                _need(problems, f"evaluate.{key}.captions_per_image", fid.get("captions_per_image", 1),
+                      size.min_captions_per_image, size, f"{fid['captions']} (fewest captions of an image)")
 
     mg = ev.get("multigen", {})
-    if mg.get("enabled", True) and mg.get("prompts"):
-        size = data_size(mg["prompts"])
-        if size is not None:
-            _need(problems, "evaluate.multigen.num_prompts", mg.get("num_prompts"), size.prompts, size, mg["prompts"])
+    # one prompt set, or a mapping name -> prompt set (every value a mapping)
+    sets = mg if mg and all(isinstance(v, dict) for v in mg.values()) else {"": mg}
+    for name, one in sets.items():
+        if one.get("enabled", True) and one.get("prompts"):
+            size = data_size(one["prompts"])
+            if size is not None:
+                key = f"evaluate.multigen.{name}.num_prompts" if name else "evaluate.multigen.num_prompts"
+                _need(problems, key, one.get("num_prompts"), size.prompts, size, one["prompts"])
 
     oa = ev.get("object_accuracy", {})
     if oa.get("enabled", True) and oa.get("num_prompts") is not None:

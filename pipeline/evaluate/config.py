@@ -114,16 +114,32 @@ class AttentionEvalConfig:
 
 
 @dataclass(frozen=True)
+class PromptSet:
+    """One MultiGen prompt set as the stage runs it: benchmark name, output folder, metrics key."""
+
+    bench: str        # "multigen" (one set) or "multigen_<name>": image cache, seeds' prompt ids, --only keys
+    out: str          # under data/evaluate/<model>/: "multigen" or "multigen/<name>"
+    cfg: MultiGenConfig
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
-    """``models``: name -> UNet folder; every model shares ``pretrained``'s VAE, text encoder and scheduler."""
+    """``models``: name -> UNet folder; every model shares ``pretrained``'s VAE, text encoder and scheduler.
+
+    ``multigen``: one prompt set (metrics key ``multigen``), or a mapping name -> set (the paper
+    profiles: ``coco`` and ``ade20k``; metrics keys ``multigen_coco``, ``multigen_ade20k``,
+    outputs under ``multigen/<name>/``). ``fid_flickr30k``: FID against Flickr30K images the user
+    supplies; without them it is skipped and the reason recorded in ``metrics.json``.
+    """
 
     pretrained: str
     models: dict[str, str]
     generation: GenerationConfig
-    multigen: MultiGenConfig
+    multigen: MultiGenConfig | dict[str, MultiGenConfig]
     object_accuracy: ObjectAccuracyConfig
     fid: FidConfig
     attention: AttentionEvalConfig
+    fid_flickr30k: FidConfig | None = None
     expect: SDExpectation | None = None   # the architecture of pretrained and of every UNet (checked first)
     seed: int = 0
     grid_images: int = 16
@@ -136,6 +152,19 @@ class EvaluateConfig:
         bad = [m for m in self.models if not m.replace("-", "").replace("_", "").isalnum()]
         if bad:
             raise ConfigError(f"evaluate.models: names must be letters, digits, - and _: {bad}")
+        if isinstance(self.multigen, dict):
+            if not self.multigen:
+                raise ConfigError("evaluate.multigen: name at least one prompt set")
+            bad = [m for m in self.multigen if not m.replace("_", "").isalnum()]
+            if bad:
+                raise ConfigError(f"evaluate.multigen: set names must be letters, digits and _: {bad}")
+
+    def prompt_sets(self) -> list[PromptSet]:
+        """The enabled MultiGen prompt sets, in params order."""
+        if isinstance(self.multigen, MultiGenConfig):
+            return [PromptSet("multigen", "multigen", self.multigen)] if self.multigen.enabled else []
+        return [PromptSet(f"multigen_{name}", f"multigen/{name}", cfg) for name, cfg in self.multigen.items()
+                if cfg.enabled]
 
     def model_unet(self, name: str) -> str:
         if name not in self.models:

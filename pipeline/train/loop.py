@@ -40,7 +40,11 @@ from pipeline.core.config import ConfigError, fingerprint
 from pipeline.core.devices import resolve_device
 from pipeline.core.shards import inputs_digest
 from pipeline.core.tables import read_table
-from pipeline.models.stable_diffusion import SDExpectation, load_sd_components, vae_scale_factor
+from pipeline.models.stable_diffusion import (
+    SDExpectation,
+    load_sd_components,
+    vae_scale_factor,
+)
 from pipeline.train.attention import AttentionCapture, layer_resolutions
 from pipeline.train.attention_metrics import evaluate_attention_share
 from pipeline.train.checkpoints import (
@@ -250,11 +254,11 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
         weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon,
     )
     unet, optimizer = accelerator.prepare(unet, optimizer)
-    if resume is not None:
-        if not load_optimizer(resume, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer):
-            log.warning("%s holds no optimizer state (train.checkpoint_optimizer was false): AdamW's moments "
-                        "restart from zero at step %d, so this run will not equal an uninterrupted one",
-                        resume, start_step)
+    inner = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+    if resume is not None and not load_optimizer(resume, inner):
+        log.warning("%s holds no optimizer state (train.checkpoint_optimizer was false): AdamW's moments "
+                    "restart from zero at step %d, so this run will not equal an uninterrupted one",
+                    resume, start_step)
     batches = iter(micro_batch_loader(dataset, order, cfg, start_step, rank, world))
 
     logger = TrainLogger(out, enabled=accelerator.is_main_process, resume_step=start_step)
