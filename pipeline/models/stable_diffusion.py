@@ -296,6 +296,8 @@ def check_sd_architecture(pretrained: str | Path, expect: SDExpectation | None, 
     pred = _read_json(pred_file).get("prediction_type", "epsilon")
     for unet in (folder / "unet", *map(Path, unets)):
         unet_file = unet / "config.json"
+        if not unet_file.is_file():
+            raise FileNotFoundError(f"UNet folder {unet} not found (expected {unet_file} and weights)")
         dim = _read_json(unet_file).get("cross_attention_dim")
         if (dim, pred) != (expect.cross_attention_dim, expect.prediction_type):
             raise ValueError(f"{unet_file} (with {pred_file}): the profile expects {expect.describe()}; "
