@@ -192,10 +192,15 @@ def test_bad_inputs_fail_clearly_or_are_recorded(evaluated: Path, tmp_path: Path
     params = yaml.safe_load((ws / "params.yaml").read_text())
     # a prompt file with the wrong schema
     (ws / "bad.json").write_text(json.dumps([{"unique_id": 0, "text": "a photo of a cat."}]))
-    params["evaluate"]["multigen"]["prompts"] = "bad.json"
+    params["evaluate"]["multigen"].update(prompts="bad.json", num_prompts=None)
     write_params(ws, params)
     proc = run_stage(ws, "stages.evaluate", "--model", "base", check=False)
     assert proc.returncode != 0 and "entry 0: missing key 'num_objects'" in proc.stderr
+    # more prompts asked of a file than it holds: refused at the start
+    params["evaluate"]["multigen"]["num_prompts"] = 3
+    write_params(ws, params)
+    proc = run_stage(ws, "stages.evaluate", "--model", "base", check=False)
+    assert proc.returncode != 0 and "evaluate.multigen.num_prompts = 3 but bad.json holds 1 (on disk)" in proc.stderr
     # a missing UNet folder
     params["evaluate"]["multigen"]["prompts"] = None
     params["evaluate"]["models"]["gone"] = "models/gone/unet"
