@@ -8,7 +8,8 @@ Reads section ``captions`` (``pipeline.data.captions.CaptionsConfig``); writes `
 from __future__ import annotations
 
 from pipeline.core.cli import parse, run_main
-from pipeline.core.config import load_section
+from pipeline.core.config import load_section, read_params
+from pipeline.core.satisfiable import require_satisfiable
 from pipeline.data.captions import CaptionsConfig, run_captions
 
 
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  help="image decoding threads (default: min(8, CPUs))"),
     )
     cfg = load_section("captions", CaptionsConfig, args.params)
+    require_satisfiable(read_params(args.params), args.params, only=("captions",))  # before any work
     log.info("captions: %s", cfg)
     return run_captions(cfg, workers=args.workers)
 

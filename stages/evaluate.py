@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 
 from pipeline.core.cli import parse, run_main
-from pipeline.core.config import load_section
+from pipeline.core.config import load_section, read_params
+from pipeline.core.satisfiable import require_satisfiable
 from pipeline.evaluate.config import EvaluateConfig
 from pipeline.evaluate.run import regenerate, run_evaluate
 
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args, log = parse(__doc__, argv, extend)
     cfg = load_section("evaluate", EvaluateConfig, args.params)
+    require_satisfiable(read_params(args.params), args.params, only=("evaluate",))  # before any work
     if args.only is not None:
         path = regenerate(cfg, args.model, args.only, args.out or f"{args.only.replace(':', '_')}.png")
         log.info("wrote %s", path)

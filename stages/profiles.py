@@ -7,7 +7,9 @@
 A profile is a complete params file, or names a ``base`` profile and overrides some of its
 keys (``configs/paper-sd21.yaml`` is ``paper-sd14`` with another model and resolution).
 ``use`` resolves the bases, validates the result (every section must load into its stage's
-config) and only then writes ``params.yaml``, so a broken profile never lands.
+config, and every count must fit its data: ``pipeline.core.satisfiable``, from the files on
+disk or their published sizes) and only then writes ``params.yaml``, so a broken profile
+never lands.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.core.config import ConfigError, read_params
+from pipeline.core.satisfiable import require_satisfiable
 
 CONFIGS = Path("configs")
 
@@ -46,6 +49,7 @@ def resolve(path: Path) -> dict:
 def validate(path: Path) -> None:
     """Load every section of a profile into its typed config (raises ConfigError)."""
     from pipeline.core.config import DatasetConfig, from_dict, with_dataset
+    from pipeline.core.launch import LaunchConfig
     from pipeline.data.captions import CaptionsConfig
     from pipeline.data.coco_download import CocoDownloadConfig
     from pipeline.data.ground import GroundConfig
@@ -73,6 +77,7 @@ def validate(path: Path) -> None:
         "train": TrainConfig,
         "multigen_prompts": PromptDownloadConfig,
         "evaluate": EvaluateConfig,
+        "launch": LaunchConfig,
     }
     params = resolve(path)
     missing = sorted(set(sections) - set(params))
@@ -80,6 +85,7 @@ def validate(path: Path) -> None:
         raise ConfigError(f"{path}: missing section(s) {missing}")
     for name, cls in sections.items():
         from_dict(cls, with_dataset(params, name, str(path)), f"{path}:{name}")
+    require_satisfiable(params, str(path))
 
 
 def use(name: str, configs: Path = CONFIGS, target: Path = Path("params.yaml")) -> Path:

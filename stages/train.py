@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 
 from pipeline.core.cli import parse, run_main
-from pipeline.core.config import load_section
+from pipeline.core.config import load_section, read_params
+from pipeline.core.satisfiable import require_satisfiable
 from pipeline.train.loop import TrainConfig, run_train
 
 
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args, log = parse(__doc__, argv, extend)
     cfg = load_section("train", TrainConfig, args.params)
+    require_satisfiable(read_params(args.params), args.params, only=("train",))  # before any work
     summary = run_train(cfg, args.captions, args.nouns)
     if summary is not None:
         log.info("train: %s", json.dumps(summary))

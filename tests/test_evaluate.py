@@ -78,6 +78,16 @@ def metrics(ws: Path, model: str) -> dict:
     return json.loads((ws / f"data/evaluate/{model}/metrics.json").read_text())
 
 
+def results(ws: Path, model: str) -> dict:
+    """metrics.json without the timing (latency and the images it was measured on), which no rerun repeats."""
+    m = metrics(ws, model)
+    m.pop("latency_s_per_image")
+    m["counts"].pop("latency_images")
+    skipped = m.pop("skipped", {})
+    skipped.pop("latency_s_per_image", None)
+    return {**m, "skipped": skipped} if skipped else m
+
+
 def images_equal(a: Path, b: Path) -> None:
     names = sorted(p.name for p in a.glob("*.png"))
     assert names and names == sorted(p.name for p in b.glob("*.png"))
@@ -150,7 +160,7 @@ def test_kill_9_then_resume_gives_the_same_outputs(evaluated: Path, tmp_path: Pa
     run_stage(ws, "stages.evaluate", "--model", "base")
     for p, stamp in stamps.items():  # images and detection shards on disk are not redone
         assert p.stat().st_mtime_ns == stamp, p
-    assert metrics(ws, "base") == metrics(evaluated, "base")
+    assert results(ws, "base") == results(evaluated, "base")
     images_equal(ws / "data/evaluate/base/multigen/images", evaluated / "data/evaluate/base/multigen/images")
     assert read_table(ws / "data/evaluate/base/multigen/detections").equals(
         read_table(evaluated / "data/evaluate/base/multigen/detections"))
@@ -163,7 +173,7 @@ def test_unreadable_cached_image_is_drawn_again(evaluated: Path, tmp_path: Path)
     victim.write_bytes(b"\x89PNG broken")
     out = run_stage(ws, "stages.evaluate", "--model", "base", "--log-level", "WARNING")
     assert "unreadable" in out.stderr and "0_1" in out.stderr
-    assert metrics(ws, "base") == metrics(evaluated, "base")
+    assert results(ws, "base") == results(evaluated, "base")
     images_equal(ws / "data/evaluate/base/multigen/images", evaluated / "data/evaluate/base/multigen/images")
 
 
@@ -171,7 +181,7 @@ def test_unreadable_cached_image_is_drawn_again(evaluated: Path, tmp_path: Path)
 def test_two_processes_give_the_same_outputs_as_one(evaluated: Path, tmp_path: Path):
     ws = clone(evaluated, tmp_path / "two")
     run_stage(ws, "stages.evaluate", "--model", "tuned", launcher=LAUNCH_2)
-    assert metrics(ws, "tuned") == metrics(evaluated, "tuned")
+    assert results(ws, "tuned") == results(evaluated, "tuned")
     for bench in ("multigen", "object_accuracy", "fid"):
         images_equal(ws / f"data/evaluate/tuned/{bench}/images", evaluated / f"data/evaluate/tuned/{bench}/images")
     for bench in ("multigen", "object_accuracy"):
@@ -184,16 +194,29 @@ def test_bad_inputs_fail_clearly_or_are_recorded(evaluated: Path, tmp_path: Path
     params = yaml.safe_load((ws / "params.yaml").read_text())
     # a prompt file with the wrong schema
     (ws / "bad.json").write_text(json.dumps([{"unique_id": 0, "text": "a photo of a cat."}]))
-    params["evaluate"]["multigen"]["prompts"] = "bad.json"
+    params["evaluate"]["multigen"].update(prompts="bad.json", num_prompts=None)
     write_params(ws, params)
     proc = run_stage(ws, "stages.evaluate", "--model", "base", check=False)
     assert proc.returncode != 0 and "entry 0: missing key 'num_objects'" in proc.stderr
+    # more prompts asked of a file than it holds: refused at the start
+    params["evaluate"]["multigen"]["num_prompts"] = 3
+    write_params(ws, params)
+    proc = run_stage(ws, "stages.evaluate", "--model", "base", check=False)
+    assert proc.returncode != 0 and "evaluate.multigen.num_prompts = 3 but bad.json holds 1 (on disk)" in proc.stderr
     # a missing UNet folder
     params["evaluate"]["multigen"]["prompts"] = None
     params["evaluate"]["models"]["gone"] = "models/gone/unet"
     write_params(ws, params)
     proc = run_stage(ws, "stages.evaluate", "--model", "gone", check=False)
     assert proc.returncode != 0 and "UNet folder models/gone/unet not found" in proc.stderr
+    # more FID images than the captions hold: refused at the start, before any image is drawn
+    partial = sorted(p.name for p in (ws / "data/.partial").iterdir()) if (ws / "data/.partial").exists() else []
+    params["evaluate"]["fid"]["num_images"] = 10_000
+    write_params(ws, params)
+    proc = run_stage(ws, "stages.evaluate", "--model", "base", check=False)
+    assert proc.returncode != 0 and "evaluate.fid.num_images (real images) = 10000" in proc.stderr
+    assert (sorted(p.name for p in (ws / "data/.partial").iterdir()) if partial else []) == partial
+    params["evaluate"]["fid"]["num_images"] = 4
     # a category the detector is not asked about: the prompt is a recorded reject, the rest is scored
     prompts = [{"unique_id": i, "num_objects": 2, "obj_1_attributes": [a], "obj_2_attributes": [b],
                 "text": f"a photo of a {a} and a {b}."} for i, (a, b) in enumerate([("cup", "kite"), ("cup", "yak")])]
@@ -213,9 +236,53 @@ def test_parts_can_be_switched_off(evaluated: Path, tmp_path: Path):
     params = yaml.safe_load((ws / "params.yaml").read_text())
     for part in ("object_accuracy", "fid", "attention"):
         params["evaluate"][part]["enabled"] = False
+    # Flickr30K configured but not supplied: skipped, with the reason recorded
+    params["evaluate"]["fid_flickr30k"] = {"captions": "data/flickr30k/captions_val.json",
+                                           "images_dir": "data/flickr30k/images", "num_images": 4}
     write_params(ws, params)
     run_stage(ws, "stages.evaluate", "--model", "base")
     m = metrics(ws, "base")
-    assert set(m) == {"multigen", "counts"} and m["multigen"] == metrics(evaluated, "base")["multigen"]
+    assert set(m) == {"multigen", "latency_s_per_image", "skipped", "counts"}
+    assert m["multigen"] == metrics(evaluated, "base")["multigen"]
+    assert "Flickr30K not supplied: data/flickr30k/captions_val.json" in m["skipped"]["fid_flickr30k"]
+    assert m["latency_s_per_image"] > 0 and m["counts"]["latency_images"] == m["counts"]["multigen_images"]
     for name in ("object_accuracy", "fid", "figures"):  # DVC's outputs exist all the same
         assert (ws / "data/evaluate/base" / name).is_dir()
+
+
+def test_table1_in_one_run_two_prompt_sets_flickr_fid_latency(evaluated: Path, tmp_path: Path, shared_dir: Path):
+    """Two MultiGen prompt sets (an official file and generated prompts) with their own metrics keys and
+    folders, FID on COCO and on user-supplied "Flickr30K" images, latency; then stages.table1."""
+    ws = clone(evaluated, tmp_path / "table1")
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    ev = params["evaluate"]
+    generated = dict(ev["multigen"])
+    official = dict(generated, prompts=str(shared_dir / "multigen/coco_obj_comp_5_1k.json"), categories=None,
+                    num_prompts=2, images_per_prompt=1, heatmap_prompts=0)
+    ev["multigen"] = {"coco": official, "mine": generated}
+    ev["object_accuracy"]["enabled"] = ev["attention"]["enabled"] = False
+    ev["fid_flickr30k"] = dict(ev["fid"], num_images=3)              # the demo images stand in for Flickr30K
+    write_params(ws, params)
+    run_stage(ws, "stages.evaluate", "--model", "base")
+    m = metrics(ws, "base")
+    out = ws / "data/evaluate/base"
+    assert set(m["multigen_coco"]) == set(m["multigen_mine"]) == {f"MG{k}{s}" for k in (2, 3, 4, 5) for s in ("", "_std")}
+    assert m["multigen_mine"] == metrics(evaluated, "base")["multigen"]     # same prompts, seeds and images
+    assert len(list((out / "multigen/coco/images").glob("*.png"))) == 2 == m["counts"]["multigen_coco_images"]
+    assert len(list((out / "multigen/mine/images").glob("*.png"))) == 6 == m["counts"]["multigen_mine_images"]
+    assert (out / "category_recall.csv").is_file() and (out / "multigen/mine/category_recall.csv").is_file()
+    assert np.isfinite(m["fid"]) and np.isfinite(m["fid_flickr30k"]) and "skipped" not in m
+    assert m["counts"]["fid_flickr30k_images"] == 3 and len(list((out / "fid/flickr30k/images").glob("*.png"))) == 3
+    assert m["latency_s_per_image"] > 0 and m["counts"]["latency_images"] == 2 + 6 + 4 + 3
+    # a rerun draws nothing: latency cannot be measured and says so, never a made-up number
+    run_stage(ws, "stages.evaluate", "--model", "base")
+    again = metrics(ws, "base")
+    assert again["latency_s_per_image"] is None and "no image was drawn" in again["skipped"]["latency_s_per_image"]
+    table = run_stage(ws, "stages.table1").stdout
+    lines = table.splitlines()
+    assert lines[0].startswith("| model | Object Accuracy | COCO MG2 |") and "FID (Flickr30K) | latency (s/img) |" in lines[0]
+    assert "| SD 1.4 (published) | 29.86 | 90.72 ± 1.33 |" in table and "| 7.56 |" in table
+    base = next(r for r in lines if r.startswith("| base |")).split(" | ")
+    assert base[1] == "n/a" and f"{m['multigen_coco']['MG2']:.2f} ± {m['multigen_coco']['MG2_std']:.2f}" == base[2]
+    assert base[-1] == "skipped |" and next(r for r in lines if r.startswith("| tuned |")).count("not evaluated") > 0
+    assert "- base, latency_s_per_image: skipped: no image was drawn" in table

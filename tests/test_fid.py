@@ -261,6 +261,27 @@ def test_select_fid_pairs_is_deterministic_one_caption_per_image(tmp_path):
     assert chosen == {1020, 1021, 1022}                  # captions are drawn, not always the first
 
 
+def test_select_fid_pairs_several_distinct_captions_per_image(tmp_path):
+    captions, images_dir = write_coco(tmp_path, n_images=9)
+    images = [p for p in select_fid_pairs(captions, images_dir, n=9, seed=1) if (p.image_id - 100) // 7 % 3 >= 1]
+    two = select_fid_pairs(captions, images_dir, n=9, seed=1, per_image=1)
+    assert len(two) == 9 and images
+    with pytest.raises(ValueError, match="fewer than captions_per_image=2"):   # image 100 has one caption
+        select_fid_pairs(captions, images_dir, n=9, seed=1, per_image=2)
+    # keep images with >= 2 captions only: every one gets 2 distinct captions, next to each other
+    data = json.loads(captions.read_text())
+    data["annotations"] = [a for a in data["annotations"] if (a["image_id"] - 100) // 7 % 3 >= 1]
+    captions.write_text(json.dumps(data))
+    pairs = select_fid_pairs(captions, images_dir, n=6, seed=1, per_image=2)
+    assert len(pairs) == 12 and len({p.image_id for p in pairs}) == 6
+    for a, b in zip(pairs[::2], pairs[1::2]):
+        assert a.image_id == b.image_id and a.path == b.path and a.caption_id != b.caption_id
+    assert select_fid_pairs(captions, images_dir, n=3, seed=1, per_image=2) == pairs[:6]
+    drawn = {(p.caption_id) for s in range(20) for p in select_fid_pairs(captions, images_dir, n=6, seed=s, per_image=2)
+             if p.image_id == 100 + 7 * 2}
+    assert drawn == {1020, 1021, 1022}                   # drawn among the three, not always the first two
+
+
 def test_select_fid_pairs_errors(tmp_path):
     captions, images_dir = write_coco(tmp_path, missing=(100 + 7 * 5,))
     with pytest.raises(ValueError, match="only 6 images"):

@@ -80,7 +80,7 @@ def _covered(path: Path, deps: list[str]) -> bool:
 @pytest.mark.parametrize("stage", sorted(_stages()))
 def test_stage_deps_cover_every_module_it_runs(stage):
     spec = _stages()[stage]
-    module = spec["cmd"].split("python -m ", 1)[1].split()[0]
+    module = spec["cmd"].split(" -m ", 1)[1].split()[0]  # after python, torchrun or accelerate launch
     deps = [d for d in spec["deps"] if "${" not in d]
     missing = [str(p.relative_to(ROOT)) for p in code_files(module)
                if p.stat().st_size and not _covered(p, deps)]

@@ -70,12 +70,18 @@ def test_paper_profile_evaluates_with_the_official_protocol():
 
     for name, res in (("paper-sd14", 512), ("paper-sd21", 768)):
         ev = from_dict(EvaluateConfig, resolve(REPO / "configs" / f"{name}.yaml")["evaluate"], name)
-        g, mg = ev.generation, ev.multigen
+        g = ev.generation
         assert (g.steps, g.guidance_scale, g.resolution) == (50, 7.5, res)
-        assert mg.prompts == "data/multigen/coco_obj_comp_5_1k.json" and mg.images_per_prompt == 10
-        assert (mg.detector, mg.threshold) == ("google/owlv2-large-patch14-ensemble", 0.1)
+        # Table 1 in one run: both MultiGen prompt sets, each with its own metrics key
+        assert [(ps.bench, ps.out) for ps in ev.prompt_sets()] == [("multigen_coco", "multigen/coco"),
+                                                                  ("multigen_ade20k", "multigen/ade20k")]
+        for name, mg in ev.multigen.items():
+            assert mg.prompts == f"data/multigen/{name}_obj_comp_5_1k.json" and mg.images_per_prompt == 10
+            assert (mg.detector, mg.threshold) == ("google/owlv2-large-patch14-ensemble", 0.1)
+        assert ev.fid_flickr30k is not None and ev.fid_flickr30k.features == "inception"
         assert ev.object_accuracy.detector == "google/owlvit-base-patch32" and len(ev.object_accuracy.categories) == 80
-        assert (ev.fid.num_images, ev.fid.features) == (10000, "inception")
+        # val2017 has 5,000 images: all of them as the real set, 2 captions each -> 10,000 generated
+        assert (ev.fid.num_images, ev.fid.captions_per_image, ev.fid.features) == (5000, 2, "inception")
         assert set(ev.models) == {"base", "tokencompose"}
 
 

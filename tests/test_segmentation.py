@@ -99,8 +99,35 @@ def test_load_sam_is_strict(tiny_checkpoint: Path, tmp_path: Path):
 
 
 def test_load_sam_official_architecture_rejects_tiny_weights(tiny_checkpoint: Path):
-    with pytest.raises(ValueError, match="does not match the SAM architecture 'vit_b'"):
+    with pytest.raises(ValueError, match=r"expects a SAM vit_b \(embed dim 768, 12 blocks\); the file holds \(embed dim 64, 2 blocks\)"):
         load_sam("vit_b", tiny_checkpoint, "cpu")
+
+
+def test_a_vit_b_file_given_as_vit_h_is_named_before_anything_is_built(tmp_path: Path, monkeypatch):
+    """The identifying shapes of sam_vit_b_01ec64.pth, given as vit_h: the error names file, expected, found."""
+    import pipeline.models.sam as sam_module
+
+    state = {"image_encoder.patch_embed.proj.weight": torch.zeros(768, 3, 16, 16)}
+    state.update({f"image_encoder.blocks.{i}.norm1.weight": torch.zeros(768) for i in range(12)})
+    path = tmp_path / "sam_vit_h_4b8939.pth"
+    torch.save(state, path)
+    monkeypatch.setattr(sam_module, "build_architecture", lambda *a: pytest.fail("built a model for a wrong file"))
+    with pytest.raises(ValueError) as err:
+        load_sam("vit_h", path, "cpu")
+    msg = str(err.value)
+    assert str(path) in msg and "expects a SAM vit_h (embed dim 1280, 32 blocks)" in msg
+    assert "the file holds vit_b (embed dim 768, 12 blocks)" in msg
+
+
+def test_a_tiny_sam_of_another_shape_is_refused(tiny_checkpoint: Path, tmp_path: Path):
+    from pipeline.models.sam import SamArchitecture, build_tiny_sam
+
+    other = build_tiny_sam(tmp_path / "other", seed=0, arch=SamArchitecture(encoder_embed_dim=32, encoder_depth=3))
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / CONFIG_NAME).write_bytes((tiny_checkpoint.parent / CONFIG_NAME).read_bytes())
+    (tmp_path / "mixed" / "sam_tiny.pth").write_bytes(Path(other).read_bytes())
+    with pytest.raises(ValueError, match=r"expects a SAM tiny \(embed dim 64, 2 blocks\).*the file holds \(embed dim 32, 3 blocks\)"):
+        load_sam("tiny", tmp_path / "mixed" / "sam_tiny.pth", "cpu")
 
 
 class _NotATensor:

@@ -147,3 +147,46 @@ def test_load_missing_parts(tmp_path: Path):
     (tmp_path / "unet").mkdir()
     with pytest.raises(FileNotFoundError, match="not a Stable Diffusion pipeline folder"):
         load_sd_components(tmp_path)
+
+
+def test_a_folder_of_another_architecture_stops_before_any_weight_loads(tiny_sd: Path, tmp_path: Path, monkeypatch):
+    """An "SD2.1" folder (wider cross-attention, v-prediction) where the profile expects the tiny SD1-like model."""
+    import diffusers
+
+    from pipeline.models.stable_diffusion import (
+        SDExpectation,
+        check_sd_architecture,
+        load_sd_pipeline,
+    )
+
+    other = build_tiny_sd(tmp_path / "sd-v", seed=0,
+                          config=TinySDConfig(text_hidden_size=48, prediction_type="v_prediction"))
+    expect = SDExpectation(cross_attention_dim=32, prediction_type="epsilon")
+    load_sd_components(tiny_sd, expect=expect)                         # the right folder loads
+    monkeypatch.setattr(diffusers.UNet2DConditionModel, "from_pretrained",
+                        classmethod(lambda *a, **k: pytest.fail("loaded weights of a wrong model")))
+    with pytest.raises(ValueError) as err:
+        load_sd_components(other, expect=expect)
+    msg = str(err.value)
+    assert str(other / "unet" / "config.json") in msg
+    assert "expects cross_attention_dim 32, prediction_type epsilon" in msg
+    assert "found cross_attention_dim 48, prediction_type v_prediction" in msg
+    # a fine-tuned UNet of another model swapped into the right pipeline (evaluate)
+    with pytest.raises(ValueError, match=r"sd-v/unet/config.json .*found cross_attention_dim 48, prediction_type epsilon"):
+        check_sd_architecture(tiny_sd, expect, (other / "unet",))
+    with pytest.raises(ValueError, match="found cross_attention_dim 48"):
+        load_sd_pipeline(str(tiny_sd), str(other / "unet"), "cpu", expect=expect)
+    # the real SD1.4 / SD2.1 pairs are named
+    sd14 = SDExpectation(cross_attention_dim=768, prediction_type="epsilon")
+    assert "Stable Diffusion 2.x 768-v" in sd14.describe((1024, "v_prediction"))
+
+
+def test_a_missing_model_folder_is_named(tmp_path: Path, monkeypatch):
+    from pipeline.models.stable_diffusion import load_sd_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(FileNotFoundError, match="Stable Diffusion folder models/sd14 not found"):
+        load_sd_components("models/sd14")
+    with pytest.raises(FileNotFoundError, match="Stable Diffusion folder models/sd14 not found"):
+        load_sd_pipeline("models/sd14", None, "cpu")

@@ -236,3 +236,27 @@ def test_full_image_masks_are_not_supervised_and_flagged(train_ws: Path, tmp_pat
         "no_supervised_nouns", "heldout_without_supervised_nouns", "full_image_masks"]
     rejects = read_table(ws / "data/train/rejects.parquet").to_pylist()
     assert len(rejects) == len(rows) and {r["reason"] for r in rejects} == {"mask_covers_image"}
+
+
+def test_dataloader_workers_give_the_same_training_and_a_resume_without_optimizer_state_says_so(
+        train_ws: Path, tmp_path: Path):
+    """Two steps with 0 and with 2 DataLoader workers: equal losses and weights."""
+    runs = {}
+    for workers in (0, 2):
+        ws = make_train_ws(train_ws, tmp_path / f"w{workers}", max_train_steps=2, checkpointing_steps=1,
+                           num_workers=workers, checkpoint_optimizer=workers == 0)
+        run_stage(ws, "stages.train")
+        runs[workers] = ws
+    curves = [(ws / "data/train/dvclive/plots/metrics/loss/total.tsv").read_text() for ws in runs.values()]
+    assert curves[0] == curves[1] and len(curves[0].splitlines()) == 3
+    assert_same_weights(runs[0] / "data/train/unet", runs[2] / "data/train/unet", atol=0.0)
+    # train.checkpoint_optimizer: false keeps the UNet only; a resume restarts AdamW and says so
+    ckpt = runs[2] / "data/train/checkpoints/step-000002"
+    assert (ckpt / "unet/diffusion_pytorch_model.safetensors").is_file()
+    assert not (ckpt / "optimizer.safetensors").exists()
+    assert (runs[0] / "data/train/checkpoints/step-000002/optimizer.safetensors").is_file()
+    params = yaml.safe_load((runs[2] / "params.yaml").read_text())
+    params["train"]["max_train_steps"] = 3
+    (runs[2] / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run_stage(runs[2], "stages.train", "--log-level", "INFO")
+    assert "resuming from" in out.stderr and "AdamW's moments restart from zero at step 2" in out.stderr

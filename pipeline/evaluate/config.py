@@ -7,6 +7,7 @@ from typing import Literal
 
 from pipeline.core.config import ConfigError
 from pipeline.evaluate.generation import GenerationConfig
+from pipeline.models.stable_diffusion import SDExpectation
 
 
 @dataclass(frozen=True)
@@ -67,18 +68,23 @@ class ObjectAccuracyConfig:
 
 @dataclass(frozen=True)
 class FidConfig:
-    """FID of images drawn from COCO captions against those captions' real images."""
+    """FID of images drawn from COCO captions against those captions' real images.
+
+    ``num_images`` real images (each once), ``captions_per_image`` distinct captions of each,
+    one generated image per caption: ``num_images * captions_per_image`` generated images.
+    """
 
     enabled: bool = True
     captions: str = "data/coco/annotations/captions_val2017.json"
     images_dir: str = "data/coco/val2017"
-    num_images: int = 10000
+    num_images: int = 5000
+    captions_per_image: int = 1
     features: str = "inception"  # inception (2048-d pool3) | a local CLIP vision model folder
     batch_size: int = 32
 
     def validate(self) -> None:
-        if self.enabled and (self.num_images < 2 or self.batch_size < 1):
-            raise ConfigError("evaluate.fid: num_images must be >= 2 and batch_size >= 1")
+        if self.enabled and (self.num_images < 2 or self.batch_size < 1 or self.captions_per_image < 1):
+            raise ConfigError("evaluate.fid: num_images must be >= 2, captions_per_image and batch_size >= 1")
 
 
 @dataclass(frozen=True)
@@ -111,16 +117,33 @@ class AttentionEvalConfig:
 
 
 @dataclass(frozen=True)
+class PromptSet:
+    """One MultiGen prompt set as the stage runs it: benchmark name, output folder, metrics key."""
+
+    bench: str        # "multigen" (one set) or "multigen_<name>": image cache, seeds' prompt ids, --only keys
+    out: str          # under data/evaluate/<model>/: "multigen" or "multigen/<name>"
+    cfg: MultiGenConfig
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
-    """``models``: name -> UNet folder; every model shares ``pretrained``'s VAE, text encoder and scheduler."""
+    """``models``: name -> UNet folder; every model shares ``pretrained``'s VAE, text encoder and scheduler.
+
+    ``multigen``: one prompt set (metrics key ``multigen``), or a mapping name -> set (the paper
+    profiles: ``coco`` and ``ade20k``; metrics keys ``multigen_coco``, ``multigen_ade20k``,
+    outputs under ``multigen/<name>/``). ``fid_flickr30k``: FID against Flickr30K images the user
+    supplies; without them it is skipped and the reason recorded in ``metrics.json``.
+    """
 
     pretrained: str
     models: dict[str, str]
     generation: GenerationConfig
-    multigen: MultiGenConfig
+    multigen: MultiGenConfig | dict[str, MultiGenConfig]
     object_accuracy: ObjectAccuracyConfig
     fid: FidConfig
     attention: AttentionEvalConfig
+    fid_flickr30k: FidConfig | None = None
+    expect: SDExpectation | None = None   # the architecture of pretrained and of every UNet (checked first)
     seed: int = 0
     grid_images: int = 16
     device: str = "auto"
@@ -132,6 +155,19 @@ class EvaluateConfig:
         bad = [m for m in self.models if not m.replace("-", "").replace("_", "").isalnum()]
         if bad:
             raise ConfigError(f"evaluate.models: names must be letters, digits, - and _: {bad}")
+        if isinstance(self.multigen, dict):
+            if not self.multigen:
+                raise ConfigError("evaluate.multigen: name at least one prompt set")
+            bad = [m for m in self.multigen if not m.replace("_", "").isalnum()]
+            if bad:
+                raise ConfigError(f"evaluate.multigen: set names must be letters, digits and _: {bad}")
+
+    def prompt_sets(self) -> list[PromptSet]:
+        """The enabled MultiGen prompt sets, in params order."""
+        if isinstance(self.multigen, MultiGenConfig):
+            return [PromptSet("multigen", "multigen", self.multigen)] if self.multigen.enabled else []
+        return [PromptSet(f"multigen_{name}", f"multigen/{name}", cfg) for name, cfg in self.multigen.items()
+                if cfg.enabled]
 
     def model_unet(self, name: str) -> str:
         if name not in self.models:

@@ -1,10 +1,12 @@
 """FID of generated images against the real COCO images of their captions.
 
-The ``evaluate`` stage generates one image per caption for N COCO 2017 val images (10,000 in
-the paper profile) and compares them with the real images:
+The ``evaluate`` stage generates one image per caption for K captions of each of N COCO 2017
+val images and compares them with the N real images (paper profiles: all 5,000 val2017 images,
+K = 2, so 10,000 generated images; val2017 has no 10,000 images to pair one to one):
 
 - ``select_fid_pairs`` picks the N images (a seeded permutation of the sorted image ids) and
-  one caption for each (a seeded choice per image, so an image keeps its caption whatever N);
+  K distinct captions for each (a seeded choice per image, so an image keeps its captions
+  whatever N);
 - ``reference_image`` prepares a real image as text-to-image FID evaluations do: the shorter
   side resized to R (bicubic, antialiased), then a centre R x R crop;
 - ``FidMetric`` wraps torchmetrics' ``FrechetInceptionDistance``. ``features="inception"`` is
@@ -50,19 +52,25 @@ class FidPair:
     path: str
 
 
-def select_fid_pairs(captions_json: str | Path, images_dir: str | Path, n: int, seed: int) -> list[FidPair]:
-    """``n`` images of a COCO captions json with one caption each, in a seeded random order.
+def select_fid_pairs(captions_json: str | Path, images_dir: str | Path, n: int, seed: int,
+                     per_image: int = 1) -> list[FidPair]:
+    """``n`` images of a COCO captions json with ``per_image`` captions each, in a seeded random order.
 
     Images: the ids of images with at least one valid caption, sorted, permuted with
     ``numpy.random.default_rng(seed)``; the first ``n`` are taken, in permutation order.
-    Caption: chosen per image with ``default_rng([seed, image_id])`` among its captions sorted
-    by id, so a larger ``n`` keeps the pairs of a smaller one (same seed) as its prefix.
+    Captions: ``per_image`` distinct ones chosen per image with ``default_rng([seed, image_id])``
+    among its captions sorted by id (``per_image = 1``: ``integers(len)``; more: the first
+    ``per_image`` of ``permutation(len)``), so a larger ``n`` keeps the pairs of a smaller one
+    (same seed) as its prefix. An image's pairs are consecutive.
     Captions the captions stage would reject (unknown image, unsafe path, duplicate id, empty)
-    are skipped. Raises ValueError if ``n < 2`` or ``n`` exceeds the available images, and
-    FileNotFoundError if a chosen image's file is missing.
+    are skipped. Raises ValueError if ``n < 2``, ``n`` exceeds the available images or an
+    image has fewer than ``per_image`` captions, and FileNotFoundError if a chosen image's file
+    is missing.
     """
     if n < 2:
         raise ValueError(f"FID needs at least 2 images, got n={n}")
+    if per_image < 1:
+        raise ValueError(f"FID needs at least 1 caption per image, got {per_image}")
     rows = read_coco(captions_json)
     check_rows(rows)
     valid = [r for r in rows if r.reason is None]
@@ -81,13 +89,19 @@ def select_fid_pairs(captions_json: str | Path, images_dir: str | Path, n: int, 
     for k in order:
         image_id = image_ids[int(k)]
         captions = by_image[image_id]
-        row = captions[int(np.random.default_rng([seed, image_id]).integers(len(captions)))]
-        path = Path(images_dir, row.file)
+        if len(captions) < per_image:
+            raise ValueError(f"FID: image {image_id} of {captions_json} has {len(captions)} valid caption(s), "
+                             f"fewer than captions_per_image={per_image}")
+        rng = np.random.default_rng([seed, image_id])
+        picks = [int(rng.integers(len(captions)))] if per_image == 1 else rng.permutation(len(captions))[:per_image]
+        path = Path(images_dir, captions[0].file)
         if not path.is_file():
             raise FileNotFoundError(f"FID reference image missing: {path} (image_id {image_id})")
-        pairs.append(FidPair(caption_id=row.caption_id, image_id=image_id, caption=row.caption,
-                             path=path.as_posix()))
-    log.info("FID: %d of %d images selected (seed %d)", n, len(image_ids), seed)
+        for k in picks:
+            row = captions[int(k)]
+            pairs.append(FidPair(caption_id=row.caption_id, image_id=image_id, caption=row.caption,
+                                 path=path.as_posix()))
+    log.info("FID: %d of %d images selected, %d caption(s) each (seed %d)", n, len(image_ids), per_image, seed)
     return pairs
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
@@ -54,15 +55,28 @@ class GenItem:
 
 @dataclass
 class GenReport:
-    """What one call did: images drawn, found on disk, and found unreadable (then redrawn)."""
+    """What one call did: images drawn, found on disk, and found unreadable (then redrawn).
+
+    ``seconds``: wall time of the pipeline calls that drew images, ``drawn``: the images those
+    calls produced (whole batches), so ``seconds / drawn`` is the latency per image at the
+    configured batch size.
+    """
 
     generated: int = 0
     reused: int = 0
     unreadable: list[str] | None = None
+    seconds: float = 0.0
+    drawn: int = 0
 
     def merge(self, other: "GenReport") -> "GenReport":
         return GenReport(self.generated + other.generated, self.reused + other.reused,
-                         sorted((self.unreadable or []) + (other.unreadable or [])))
+                         sorted((self.unreadable or []) + (other.unreadable or [])),
+                         self.seconds + other.seconds, self.drawn + other.drawn)
+
+    @property
+    def seconds_per_image(self) -> float | None:
+        """Latency per drawn image; None when nothing was drawn (every image came from the cache)."""
+        return self.seconds / self.drawn if self.drawn else None
 
 
 def _readable(path: Path) -> bool | None:
@@ -122,7 +136,11 @@ def generate_images(pipe, items: Sequence[GenItem], out_dir: str | Path, cfg: Ge
         if bad:
             log.warning("%s: unreadable image(s) on disk, drawing them again: %s", desc, bad)
             report.unreadable.extend(bad)
-        for it, image in zip(batch, draw(pipe, batch, cfg)):
+        t0 = time.perf_counter()
+        drawn = draw(pipe, batch, cfg)
+        report.seconds += time.perf_counter() - t0
+        report.drawn += len(batch)
+        for it, image in zip(batch, drawn):
             if state[it.key] is not True:
                 save_png(image, out / f"{it.key}.png")
                 report.generated += 1

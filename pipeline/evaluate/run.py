@@ -27,14 +27,15 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.core.config import fingerprint
+from pipeline.core.config import ConfigError, fingerprint
 from pipeline.core.devices import resolve_device
 from pipeline.core.schemas import MANIFEST_SCHEMA, REJECTS_SCHEMA
 from pipeline.core.shards import World, file_digest, partial_dir
 from pipeline.core.tables import rejects_table, write_csv, write_json, write_table
-from pipeline.evaluate.config import EvaluateConfig
+from pipeline.evaluate.config import EvaluateConfig, FidConfig
 from pipeline.evaluate.generation import (
     GenItem,
+    GenReport,
     draw,
     generate_images,
     save_png,
@@ -51,7 +52,7 @@ from pipeline.evaluate.prompt_benchmarks import (
     publish_images,
     run_prompt_benchmark,
 )
-from pipeline.models.stable_diffusion import load_sd_pipeline
+from pipeline.models.stable_diffusion import check_sd_architecture, load_sd_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +68,19 @@ def model_digest(pretrained: str, unet: str) -> str:
 def benchmarks(cfg: EvaluateConfig) -> tuple[list[PromptBenchmark], list[tuple[str, str, str]]]:
     """The enabled prompt benchmarks and the prompts rejected while building them."""
     out, rejects = [], []
-    mg = cfg.multigen
-    if mg.enabled:
+    for ps in cfg.prompt_sets():
+        mg = ps.cfg
         if mg.prompts is not None:
             prompts = read_prompts(mg.prompts)
+            if mg.num_prompts is not None and mg.num_prompts > len(prompts):
+                raise ConfigError(f"evaluate.multigen.num_prompts = {mg.num_prompts} but {mg.prompts} holds "
+                                  f"{len(prompts)} prompts")
             prompts = prompts if mg.num_prompts is None else prompts[: mg.num_prompts]
         else:
             prompts = make_prompts(list(mg.categories or []), mg.num_prompts or 0, cfg.seed, mg.objects_per_prompt)
-        prompts, bad = check_vocabulary(prompts, mg.categories, "multigen")
+        prompts, bad = check_vocabulary(prompts, mg.categories, ps.bench)
         rejects += bad
-        out.append(PromptBenchmark("multigen", prompts, mg.images_per_prompt, "", mg.detector, mg.detector_kind,
+        out.append(PromptBenchmark(ps.bench, prompts, mg.images_per_prompt, "", mg.detector, mg.detector_kind,
                                    mg.fast_processor, mg.threshold, mg.keep_threshold, mg.detect_batch_size))
     oa = cfg.object_accuracy
     if oa.enabled:
@@ -87,41 +91,60 @@ def benchmarks(cfg: EvaluateConfig) -> tuple[list[PromptBenchmark], list[tuple[s
     return out, rejects
 
 
-def fid_items(cfg: EvaluateConfig):
-    """(pairs, items): the captions FID draws from and their generation items (seed namespace "fid")."""
+def fid_items(cfg: EvaluateConfig, fc: FidConfig | None = None, name: str = "fid"):
+    """(pairs, items): the captions FID ``fc`` (default ``cfg.fid``) draws from and their generation
+    items (seed namespace ``name``: "fid" for COCO, "fid_flickr30k")."""
     from pipeline.evaluate.fid import select_fid_pairs
 
-    pairs = select_fid_pairs(cfg.fid.captions, cfg.fid.images_dir, cfg.fid.num_images, cfg.seed)
-    items = [GenItem(f"{p.image_id}_{p.caption_id}", p.caption, image_seed(cfg.seed, p.caption_id, 0, "fid"))
+    fc = fc or cfg.fid
+    pairs = select_fid_pairs(fc.captions, fc.images_dir, fc.num_images, cfg.seed, fc.captions_per_image)
+    items = [GenItem(f"{p.image_id}_{p.caption_id}", p.caption, image_seed(cfg.seed, p.caption_id, 0, name))
              for p in pairs]
     return pairs, items
 
 
-def run_fid(cfg: EvaluateConfig, pipe, model: str, digest: str, device: str, out: Path, world: World
-            ) -> dict | None:
-    """Draw one image per selected caption and compute FID against the captions' real images."""
+def flickr30k_skip_reason(fc: FidConfig | None) -> str | None:
+    """Why FID on Flickr30K is skipped (not configured, off, or its files not supplied); None: it runs."""
+    if fc is None or not fc.enabled:
+        return "evaluate.fid_flickr30k is not enabled"
+    missing = [p for p in (fc.captions, fc.images_dir) if not Path(p).exists()]
+    if missing:
+        return (f"Flickr30K not supplied: {', '.join(missing)} not found (a COCO-format captions json and "
+                "its image folder; see the README)")
+    return None
+
+
+def run_fid(cfg: EvaluateConfig, pipe, model: str, digest: str, device: str, out: Path, world: World,
+            selected=None, fc: FidConfig | None = None, name: str = "fid") -> dict | None:
+    """Draw one image per selected caption; FID against the selected real images, each counted once.
+
+    ``selected``: ``fid_items(cfg, fc, name)``, when already computed (at the stage's start).
+    """
     from PIL import Image
 
     from pipeline.evaluate.fid import FidMetric, reference_image
 
-    pairs, items = fid_items(cfg)
+    fc = fc or cfg.fid
+    pairs, items = selected if selected is not None else fid_items(cfg, fc, name)
     fp = fingerprint(digest, cfg.generation, [(i.key, i.text, i.seed) for i in items])
-    images = partial_dir(f"evaluate-{model}-fid-images", fp, world)
-    generate_images(pipe, items, images, cfg.generation, world, desc=f"{model} fid")
+    images = partial_dir(f"evaluate-{model}-{name}-images", fp, world)
+    report = generate_images(pipe, items, images, cfg.generation, world, desc=f"{model} {name}")
     if not world.is_main:
         return None
-    metric = FidMetric(cfg.fid.features, device=device)
+    metric = FidMetric(fc.features, device=device)
     size = cfg.generation.resolution
-    for start in range(0, len(items), cfg.fid.batch_size):
-        batch = range(start, min(start + cfg.fid.batch_size, len(items)))
-        metric.update([reference_image(pairs[i].path, size) for i in batch], real=True)
+    real = list(dict.fromkeys(p.path for p in pairs))  # each real image once, however many captions
+    for start in range(0, len(real), fc.batch_size):
+        metric.update([reference_image(path, size) for path in real[start:start + fc.batch_size]], real=True)
+    for start in range(0, len(items), fc.batch_size):
+        batch = range(start, min(start + fc.batch_size, len(items)))
         metric.update([Image.open(images / f"{items[i].key}.png").convert("RGB") for i in batch], real=False)
     value = metric.compute()
     publish_images(images, [i.key for i in items], out / "images")
     rows = [{"key": i.key, "prompt_id": p.caption_id, "image_index": 0, "seed": i.seed, "text": i.text,
              "categories": []} for p, i in zip(pairs, items)]
     write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), out / "manifest.parquet")
-    return {"fid": value, "images": len(items), "features": cfg.fid.features}
+    return {"fid": value, "images": len(items), "real_images": len(real), "features": fc.features, "report": report}
 
 
 def run_attention(cfg: EvaluateConfig, pipe) -> dict:
@@ -152,7 +175,8 @@ def run_attention(cfg: EvaluateConfig, pipe) -> dict:
     return result
 
 
-def write_figures(cfg: EvaluateConfig, pipe, bench: PromptBenchmark, images_dir: Path, out: Path) -> None:
+def write_figures(cfg: EvaluateConfig, pipe, bench: PromptBenchmark, images_dir: Path, out: Path,
+                  heatmap_prompts: int) -> None:
     """A grid of MultiGen samples and per-token heatmaps of the first prompts."""
     from PIL import Image
 
@@ -168,7 +192,7 @@ def write_figures(cfg: EvaluateConfig, pipe, bench: PromptBenchmark, images_dir:
     tiles = [Image.open(images_dir / f"{it.key}.png").convert("RGB") for it in items]
     sample_grid(tiles, [f"{it.key}: {it.text}" for it in items]).save(out / "samples.png")
     rows = []
-    for p in bench.prompts[: cfg.multigen.heatmap_prompts]:
+    for p in bench.prompts[:heatmap_prompts]:
         g = cfg.generation
         image, maps = generation_attention(pipe, p.text, image_seed(cfg.seed, p.prompt_id, 0), g.steps,
                                            g.guidance_scale, g.resolution, tuple(cfg.attention.blocks))
@@ -185,6 +209,8 @@ def regenerate(cfg: EvaluateConfig, model: str, key: str, path: str | Path) -> P
     device = resolve_device(cfg.device)
     if bench_name == "fid":
         items = fid_items(cfg)[1]
+    elif bench_name == "fid_flickr30k" and cfg.fid_flickr30k is not None:
+        items = fid_items(cfg, cfg.fid_flickr30k, bench_name)[1]
     else:
         found = {b.name: b for b in benchmarks(cfg)[0]}
         if bench_name not in found:
@@ -193,7 +219,8 @@ def regenerate(cfg: EvaluateConfig, model: str, key: str, path: str | Path) -> P
     match = [it for it in items if it.key == item_key]
     if not match:
         raise KeyError(f"{key}: no such image in the {bench_name} benchmark")
-    pipe = load_sd_pipeline(cfg.pretrained, cfg.model_unet(model), device, cfg.generation.dtype, cfg.generation.scheduler)
+    pipe = load_sd_pipeline(cfg.pretrained, cfg.model_unet(model), device, cfg.generation.dtype, cfg.generation.scheduler,
+                            cfg.expect)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_png(draw(pipe, match, cfg.generation)[0], path)
@@ -206,19 +233,34 @@ def run_evaluate(cfg: EvaluateConfig, model: str) -> dict | None:
     world = World.from_accelerate(resolve_device(cfg.device))
     device = world.device
     t0 = time.perf_counter()
-    pipe = load_sd_pipeline(cfg.pretrained, unet, device, cfg.generation.dtype, cfg.generation.scheduler)
+    # every model file, input and count is checked before anything is generated
+    check_sd_architecture(cfg.pretrained, cfg.expect, (unet,))
+    benches, rejects = benchmarks(cfg)
+    sets = {ps.bench: ps for ps in cfg.prompt_sets()}
+    fid_selected = fid_items(cfg) if cfg.fid.enabled else None
+    skipped: dict[str, str] = {}
+    flickr_reason = flickr30k_skip_reason(cfg.fid_flickr30k)
+    flickr_selected = None
+    if flickr_reason is None:
+        flickr_selected = fid_items(cfg, cfg.fid_flickr30k, "fid_flickr30k")
+    elif cfg.fid_flickr30k is not None:
+        skipped["fid_flickr30k"] = flickr_reason
+        log.warning("FID on Flickr30K skipped: %s", flickr_reason)
+    pipe = load_sd_pipeline(cfg.pretrained, unet, device, cfg.generation.dtype, cfg.generation.scheduler, cfg.expect)
     digest = model_digest(cfg.pretrained, unet)
     out = Path(cfg.out_dir) / model
-    benches, rejects = benchmarks(cfg)
     metrics: dict = {}
     reject_tables = [rejects_table("evaluate", rejects)]
     counts: dict = {"rejected_prompts": len(rejects)}
+    timing = GenReport()
     for bench in benches:
+        ps = sets.get(bench.name)
         result = run_prompt_benchmark(bench, pipe, model, digest, cfg.generation, cfg.seed, device,
-                                      out / bench.name, world)
+                                      out / (ps.out if ps else bench.name), world)
         if result is None:
             continue
         s = result["scores"]
+        timing = timing.merge(result["report"])
         reject_tables.append(result["rejects"])
         counts[f"{bench.name}_prompts"] = len(bench.prompts)
         counts[f"{bench.name}_images"] = len(bench.prompts) * bench.images_per_prompt
@@ -227,27 +269,45 @@ def run_evaluate(cfg: EvaluateConfig, model: str) -> dict | None:
         if result["report"].unreadable:
             log.warning("%s: drew %d unreadable image(s) again: %s", bench.name, len(result["report"].unreadable),
                         result["report"].unreadable[:10])
-        if bench.name == "multigen":
-            metrics["multigen"] = {k: v for k, v in s.items() if k.startswith("MG")}
-            write_csv(result["recall"], ["category", "images", "found", "recall"], out / "category_recall.csv")
+        if ps is not None:
+            metrics[bench.name] = {k: v for k, v in s.items() if k.startswith("MG")}
+            header = ["category", "images", "found", "recall"]
+            if bench.name == benches[0].name:  # the DVC plot: the first prompt set's
+                write_csv(result["recall"], header, out / "category_recall.csv")
+            if ps.out != "multigen":
+                write_csv(result["recall"], header, out / ps.out / "category_recall.csv")
         else:
             metrics["object_accuracy"] = s.get("MG2", math.nan)
-    if cfg.fid.enabled:
-        fid = run_fid(cfg, pipe, model, digest, device, out / "fid", world)
+    for name, fc, selected, enabled in (("fid", cfg.fid, fid_selected, cfg.fid.enabled),
+                                        ("fid_flickr30k", cfg.fid_flickr30k, flickr_selected, flickr_selected is not None)):
+        if not enabled:
+            continue
+        where = out / "fid" if name == "fid" else out / "fid" / "flickr30k"
+        fid = run_fid(cfg, pipe, model, digest, device, where, world, selected, fc, name)
         if fid is not None:
-            metrics["fid"] = fid["fid"]
-            counts["fid_images"] = fid["images"]
+            metrics[name] = fid["fid"]
+            timing = timing.merge(fid["report"])
+            counts[f"{name}_images"] = fid["images"]
+            counts[f"{name}_real_images"] = fid["real_images"]
     if not world.is_main:
         return None
+    # latency: seconds per image of the pipeline calls of this run (at generation.batch_size)
+    metrics["latency_s_per_image"] = timing.seconds_per_image
+    counts["latency_images"] = timing.drawn
+    if timing.seconds_per_image is None:
+        skipped["latency_s_per_image"] = "no image was drawn in this run (all came from the cache)"
     if cfg.attention.enabled:
         metrics["attention"] = run_attention(cfg, pipe)
     for name in ("multigen", "object_accuracy", "fid", "figures"):  # DVC outputs, also when a part is off
         (out / name).mkdir(parents=True, exist_ok=True)
-    mg = [b for b in benches if b.name == "multigen"]
+    mg = [b for b in benches if b.name in sets]
     if mg:
-        write_figures(cfg, pipe, mg[0], out / "multigen" / "images", out / "figures")
+        ps = sets[mg[0].name]
+        write_figures(cfg, pipe, mg[0], out / ps.out / "images", out / "figures", ps.cfg.heatmap_prompts)
     write_table(pa.concat_tables(reject_tables).cast(REJECTS_SCHEMA), out / "rejects.parquet")
     metrics["counts"] = counts
+    if skipped:
+        metrics["skipped"] = skipped
     write_json(metrics, out / "metrics.json")
     log.info("evaluate %s: %s (%.1f s)", model, metrics, time.perf_counter() - t0)
     return metrics

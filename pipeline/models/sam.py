@@ -250,6 +250,42 @@ def _check_family(model_type: str, checkpoint: Path, state: dict) -> None:
                          f"but the file is {found}; set segment.model_type to {other!r} or use the matching file")
 
 
+#: the official image encoders: (embed dim, blocks), as in segment_anything's build_sam_vit_*
+OFFICIAL_ENCODERS: dict[str, tuple[int, int]] = {"vit_h": (1280, 32), "vit_l": (1024, 24), "vit_b": (768, 12)}
+
+
+def encoder_shape(state: dict) -> tuple[int, int] | None:
+    """``(embed dim, blocks)`` of the image encoder in a SAM state dict; None if it has none."""
+    patch = state.get("image_encoder.patch_embed.proj.weight")
+    if not isinstance(patch, torch.Tensor):
+        return None
+    blocks = {k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")}
+    return int(patch.shape[0]), len(blocks)
+
+
+def describe_encoder(shape: tuple[int, int] | None) -> str:
+    """``"vit_b (embed dim 768, 12 blocks)"``; the official name only when the shape is one."""
+    if shape is None:
+        return "no SAM image encoder (no image_encoder.patch_embed.proj.weight)"
+    names = [n for n, s in OFFICIAL_ENCODERS.items() if s == shape]
+    return f"{names[0] + ' ' if names else ''}(embed dim {shape[0]}, {shape[1]} blocks)"
+
+
+def check_sam_state(model_type: str, checkpoint: str | Path, state: dict) -> None:
+    """Raise ValueError naming the file, the expected encoder and the one found, if they differ."""
+    if model_type == "tiny":
+        arch = read_architecture(Path(checkpoint).parent / CONFIG_NAME)
+        expected = (arch.encoder_embed_dim, arch.encoder_depth)
+        label = f"tiny {describe_encoder(expected)} per {Path(checkpoint).parent / CONFIG_NAME}"
+    else:
+        expected = OFFICIAL_ENCODERS[model_type]
+        label = describe_encoder(expected)
+    found = encoder_shape(state)
+    if found != expected:
+        raise ValueError(f"{checkpoint}: segment.model_type {model_type!r} expects a SAM {label}; "
+                         f"the file holds {describe_encoder(found)}")
+
+
 def load_sam(model_type: str, checkpoint: str | Path, device: str | torch.device = "cpu") -> Sam:
     """Build SAM ``model_type`` and load ``checkpoint`` (a raw state dict) strictly, in eval mode.
 
@@ -268,6 +304,8 @@ def load_sam(model_type: str, checkpoint: str | Path, device: str | torch.device
     if not isinstance(state, dict):
         raise ValueError(f"{checkpoint}: expected a state dict, got {type(state).__name__}")
     _check_family(model_type, checkpoint, state)
+    if model_type.removeprefix("hq_") != "tiny":  # another model's file: named before anything is built
+        check_sam_state(model_type.removeprefix("hq_"), checkpoint, state)
     sam = build_architecture(model_type, checkpoint)
     try:
         sam.load_state_dict(state, strict=True)

@@ -250,16 +250,86 @@ def build_tiny_sd(
     return out_dir
 
 
+#: what the (cross-attention width, prediction type) pairs of the published models are
+KNOWN_SD = {
+    (768, "epsilon"): "Stable Diffusion 1.x (CLIP ViT-L/14 text encoder, epsilon)",
+    (1024, "v_prediction"): "Stable Diffusion 2.x 768-v (OpenCLIP ViT-H/14 text encoder, v-prediction)",
+    (1024, "epsilon"): "Stable Diffusion 2.x base (OpenCLIP ViT-H/14 text encoder, epsilon)",
+}
+
+
+@dataclass(frozen=True)
+class SDExpectation:
+    """What a profile expects of its Stable Diffusion folder (``train.expect``, ``evaluate.expect``).
+
+    SD1.4: ``cross_attention_dim: 768, prediction_type: epsilon``; SD2.1 (768 px):
+    ``1024, v_prediction``. A folder of another model stops the stage before any weight loads.
+    """
+
+    cross_attention_dim: int
+    prediction_type: PredictionType
+
+    def describe(self, pair: tuple[int, str] | None = None) -> str:
+        dim, pred = pair or (self.cross_attention_dim, self.prediction_type)
+        name = KNOWN_SD.get((dim, pred))
+        return f"cross_attention_dim {dim}, prediction_type {pred}" + (f" = {name}" if name else "")
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not a diffusers model folder")
+    return json.loads(path.read_text())
+
+
+def check_sd_architecture(pretrained: str | Path, expect: SDExpectation | None, unets: tuple = ()) -> None:
+    """Compare a local SD folder (and UNet folders swapped into it) with ``expect``, reading only configs.
+
+    Raises ValueError naming the file, what the profile expects and what it holds. Hub ids are
+    checked by ``load_sd_components`` once their configs are downloaded.
+    """
+    if expect is None or not Path(pretrained).is_dir():
+        return
+    folder = Path(pretrained)
+    pred_file = folder / "scheduler" / "scheduler_config.json"
+    pred = _read_json(pred_file).get("prediction_type", "epsilon")
+    for unet in (folder / "unet", *map(Path, unets)):
+        unet_file = unet / "config.json"
+        if not unet_file.is_file():
+            raise FileNotFoundError(f"UNet folder {unet} not found (expected {unet_file} and weights)")
+        dim = _read_json(unet_file).get("cross_attention_dim")
+        if (dim, pred) != (expect.cross_attention_dim, expect.prediction_type):
+            raise ValueError(f"{unet_file} (with {pred_file}): the profile expects {expect.describe()}; "
+                             f"found {expect.describe((dim, pred))}")
+
+
+def _check_loaded(pretrained: str, expect: SDExpectation | None, unet, scheduler) -> None:
+    if expect is None:
+        return
+    pair = (unet.config.cross_attention_dim, scheduler.config.prediction_type)
+    if pair != (expect.cross_attention_dim, expect.prediction_type):
+        raise ValueError(f"{pretrained}: the profile expects {expect.describe()}; found {expect.describe(pair)}")
+
+
 def _check_local(pretrained: str) -> None:
+    """A local folder must be a complete pipeline; a missing path under an existing folder is an error.
+
+    ``models/sd14`` with ``models/`` present is a missing download, not a hub id.
+    """
     path = Path(pretrained)
     if not path.exists():
+        first = Path(path.parts[0]) if path.parts else path
+        if path.is_absolute() or pretrained.startswith(".") or first.is_dir():
+            raise FileNotFoundError(f"Stable Diffusion folder {path} not found (download it there, or name a hub id)")
         return
     missing = [s for s in ("tokenizer", "text_encoder", "vae", "unet", "scheduler") if not (path / s).is_dir()]
     if missing:
         raise FileNotFoundError(f"{path} is not a Stable Diffusion pipeline folder: no {missing}")
 
 
-def load_sd_components(pretrained: str | Path, revision: str | None = None, variant: str | None = None) -> SDComponents:
+def load_sd_components(pretrained: str | Path, revision: str | None = None, variant: str | None = None,
+                       expect: SDExpectation | None = None) -> SDComponents:
     """Load SD's tokenizer (slow), text encoder, VAE, UNet and a DDPM noise scheduler.
 
     ``pretrained``: a hub id (``CompVis/stable-diffusion-v1-4``, ``stabilityai/stable-diffusion-2-1``)
@@ -267,9 +337,11 @@ def load_sd_components(pretrained: str | Path, revision: str | None = None, vari
     diffusers' ``train_text_to_image.py`` does. The scheduler config is read into a
     ``DDPMScheduler`` whatever class the folder names (SD 1.4 ships PNDM, SD 2.1 DDIM), so
     its ``prediction_type`` comes along. Models are returned in eval mode on the CPU.
+    ``expect``: the architecture the profile expects; another one is an error before weights load.
     """
     pretrained = str(pretrained)
     _check_local(pretrained)
+    check_sd_architecture(pretrained, expect)
     tokenizer = CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", revision=revision)
     if len(tokenizer) != VOCAB_SIZE or tokenizer.bos_token_id != BOS_ID or tokenizer.eos_token_id != EOS_ID:
         raise ValueError(f"{pretrained}: the tokenizer is not SD's CLIP tokenizer ({len(tokenizer)} ids)")
@@ -278,6 +350,7 @@ def load_sd_components(pretrained: str | Path, revision: str | None = None, vari
     text_encoder = CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder", **kwargs)
     vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae", **kwargs)
     unet = UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet", **kwargs)
+    _check_loaded(pretrained, expect, unet, noise_scheduler)
     if text_encoder.config.hidden_size != unet.config.cross_attention_dim:
         raise ValueError(
             f"{pretrained}: text encoder width {text_encoder.config.hidden_size} != "
@@ -292,7 +365,8 @@ def load_sd_components(pretrained: str | Path, revision: str | None = None, vari
     )
 
 
-def load_sd_pipeline(pretrained: str, unet: str | None, device: str, dtype: str = "fp32", scheduler: str = "default"):
+def load_sd_pipeline(pretrained: str, unet: str | None, device: str, dtype: str = "fp32", scheduler: str = "default",
+                     expect: SDExpectation | None = None):
     """A ``StableDiffusionPipeline`` from ``pretrained`` (hub id or folder) with ``unet`` swapped in.
 
     ``unet``: a diffusers UNet folder (``config.json`` + weights), e.g. the ``train`` stage's
@@ -304,12 +378,16 @@ def load_sd_pipeline(pretrained: str, unet: str | None, device: str, dtype: str 
 
     torch_dtype = DTYPES[dtype]
     kwargs = {}
+    _check_local(str(pretrained))
     if unet is not None:
         folder = Path(unet)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"UNet folder {folder} not found (expected {folder}/config.json and weights)")
+    check_sd_architecture(pretrained, expect, () if unet is None else (unet,))
+    if unet is not None:
         kwargs["unet"] = UNet2DConditionModel.from_pretrained(folder, torch_dtype=torch_dtype)
     pipe = StableDiffusionPipeline.from_pretrained(pretrained, torch_dtype=torch_dtype, **kwargs)
+    _check_loaded(pretrained, expect, pipe.unet, pipe.scheduler)
     if scheduler != "default":
         import diffusers
 

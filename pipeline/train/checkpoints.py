@@ -3,8 +3,8 @@
 A checkpoint is a folder ``<root>/step-<NNNNNN>/``::
 
     unet/                         diffusers save_pretrained (safetensors)
-    optimizer.safetensors         every tensor of the optimizer state, flat keys
-    optimizer.json                the rest of the optimizer state (param groups, scalars)
+    optimizer.safetensors         every tensor of the optimizer state, flat keys (absent when
+    optimizer.json                the rest of the optimizer state        train.checkpoint_optimizer is false)
     state.json                    {"step": N, "fingerprint": "...", "last": {values logged at N}}
 
 It is written as ``.step-<N>.tmp`` and renamed when complete, so a killed run never leaves a
@@ -61,9 +61,12 @@ def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save_checkpoint(root: str | Path, step: int, unet, optimizer: torch.optim.Optimizer, fingerprint: str,
+def save_checkpoint(root: str | Path, step: int, unet, optimizer: torch.optim.Optimizer | None, fingerprint: str,
                     keep: int, last: dict[str, float] | None = None) -> Path:
-    """Write checkpoint ``step`` atomically, then delete all but the newest ``keep``."""
+    """Write checkpoint ``step`` atomically, then delete all but the newest ``keep``.
+
+    ``optimizer`` None: the UNet only (SD1.4: 3.4 GB instead of 10.3 GB with AdamW's moments).
+    """
     root = Path(root)
     final = root / f"step-{step:06d}"
     tmp = root / f".step-{step:06d}.tmp"
@@ -71,9 +74,10 @@ def save_checkpoint(root: str | Path, step: int, unet, optimizer: torch.optim.Op
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     unet.save_pretrained(tmp / "unet", safe_serialization=True)
-    tensors, rest = _flatten_optimizer(optimizer.state_dict())
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "optimizer.json").write_text(json.dumps(rest))
+    if optimizer is not None:
+        tensors, rest = _flatten_optimizer(optimizer.state_dict())
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "optimizer.json").write_text(json.dumps(rest))
     (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint, "last": last or {}}))
     if final.exists():
         shutil.rmtree(final)
@@ -109,7 +113,11 @@ def checkpoint_last_values(path: Path) -> dict[str, float]:
     return dict(json.loads((path / "state.json").read_text()).get("last", {}))
 
 
-def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
+def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> bool:
+    """Load the checkpoint's optimizer state into ``optimizer``; False if it holds none."""
+    if not (path / "optimizer.safetensors").is_file():
+        return False
     tensors = load_file(str(path / "optimizer.safetensors"))
     rest = json.loads((path / "optimizer.json").read_text())
     optimizer.load_state_dict(_unflatten_optimizer(tensors, rest))
+    return True

@@ -40,7 +40,11 @@ from pipeline.core.config import ConfigError, fingerprint
 from pipeline.core.devices import resolve_device
 from pipeline.core.shards import inputs_digest
 from pipeline.core.tables import read_table
-from pipeline.models.stable_diffusion import load_sd_components, vae_scale_factor
+from pipeline.models.stable_diffusion import (
+    SDExpectation,
+    load_sd_components,
+    vae_scale_factor,
+)
 from pipeline.train.attention import AttentionCapture, layer_resolutions
 from pipeline.train.attention_metrics import evaluate_grounding
 from pipeline.train.checkpoints import (
@@ -65,6 +69,7 @@ class TrainConfig:
     """Section ``train`` of params.yaml. Steps count optimizer updates."""
 
     pretrained: str = "models/tiny/sd"        # diffusers folder or hub id (CompVis/stable-diffusion-v1-4)
+    expect: SDExpectation | None = None        # the architecture pretrained must have (another one stops the stage)
     revision: str | None = None
     masks: str = "data/segment/masks"          # a masks table: segment's, or reference_masks'
     resolution: int = 64
@@ -89,7 +94,8 @@ class TrainConfig:
     heatmap_captions: int = 3
     holdout_images: int = 0                    # images kept out of training; attention share is measured on them
     max_mask_coverage: float = 0.9             # a mask covering more of an attention map is not supervised
-    num_workers: int = 0
+    num_workers: int = 0                       # DataLoader worker processes decoding and resizing images
+    checkpoint_optimizer: bool = True          # keep AdamW's state in checkpoints (SD1.4: 6.9 GB each)
     seed: int = 0
     device: str = "auto"
     out_dir: str = "data/train"
@@ -111,7 +117,7 @@ class TrainConfig:
 
 #: settings that do not change the trained weights: they may differ between a run and its resume
 _RESUMABLE = ("max_train_steps", "checkpointing_steps", "checkpoints_total_limit", "heatmap_steps",
-              "heatmap_captions", "num_workers", "device", "out_dir")
+              "heatmap_captions", "num_workers", "checkpoint_optimizer", "expect", "device", "out_dir")
 
 
 def run_fingerprint(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Path) -> str:
@@ -125,6 +131,38 @@ def run_fingerprint(cfg: TrainConfig, captions_path: str | Path, nouns_path: str
     images = sorted(set(read_table(captions_path, columns=["path"]).column("path").to_pylist()))
     inputs = inputs_digest(captions_path, nouns_path, cfg.masks, cfg.pretrained, *images)
     return fingerprint(fields, inputs, code_digest(__name__))
+
+
+class MicroBatchSampler(torch.utils.data.Sampler):
+    """Dataset indices of each micro-batch this process trains on, from ``start_step`` to the end.
+
+    Yields, for step in [start_step, max_train_steps) and micro in [0, accumulation), the list
+    ``[order(p) for p in example_positions(step, micro, rank, cfg, world)]``: the very examples,
+    in the very order, that the loop pairs with its random draws.
+    """
+
+    def __init__(self, order, cfg: TrainConfig, start_step: int, rank: int, world: int) -> None:
+        self.order, self.cfg, self.start, self.rank, self.world = order, cfg, start_step, rank, world
+
+    def __iter__(self):
+        for step in range(self.start, self.cfg.max_train_steps):
+            for micro in range(self.cfg.gradient_accumulation_steps):
+                yield [self.order(p) for p in example_positions(step, micro, self.rank, self.cfg, self.world)]
+
+    def __len__(self) -> int:
+        return max(0, self.cfg.max_train_steps - self.start) * self.cfg.gradient_accumulation_steps
+
+
+def micro_batch_loader(dataset, order, cfg: TrainConfig, start_step: int, rank: int, world: int):
+    """A DataLoader of collated micro-batches; ``cfg.num_workers`` processes decode and resize images.
+
+    The dataset is deterministic (centre crop), so any number of workers gives the same batches.
+    """
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=MicroBatchSampler(order, cfg, start_step, rank, world), collate_fn=collate,
+        num_workers=cfg.num_workers, persistent_workers=False,
+        prefetch_factor=2 if cfg.num_workers > 0 else None,
+    )
 
 
 def _generator(seed: int, *keys: int) -> torch.Generator:
@@ -186,7 +224,7 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
     out = Path(cfg.out_dir)
     fp = run_fingerprint(cfg, captions_path, nouns_path)
 
-    parts = load_sd_components(cfg.pretrained, revision=cfg.revision)
+    parts = load_sd_components(cfg.pretrained, revision=cfg.revision, expect=cfg.expect)
     latent = cfg.resolution // vae_scale_factor(parts.vae)
     resolutions = sorted(set(layer_resolutions(parts.unet, latent, cfg.attn_blocks).values()))
     coverage = MaskCoverage(cfg.resolution, tuple(resolutions), cfg.max_mask_coverage)
@@ -229,8 +267,12 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
         weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon,
     )
     unet, optimizer = accelerator.prepare(unet, optimizer)
-    if resume is not None:
-        load_optimizer(resume, optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer)
+    inner = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+    if resume is not None and not load_optimizer(resume, inner):
+        log.warning("%s holds no optimizer state (train.checkpoint_optimizer was false): AdamW's moments "
+                    "restart from zero at step %d, so this run will not equal an uninterrupted one",
+                    resume, start_step)
+    batches = iter(micro_batch_loader(dataset, order, cfg, start_step, rank, world))
 
     logger = TrainLogger(out, enabled=accelerator.is_main_process, resume_step=start_step)
     if base and start_step == 0:
@@ -246,7 +288,7 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
             parts_sum: dict[str, float] = {}
             for micro in range(cfg.gradient_accumulation_steps):
                 positions = example_positions(step, micro, rank, cfg, world)
-                batch = collate([dataset[order(p)] for p in positions])
+                batch = next(batches)
                 final_micro = micro == cfg.gradient_accumulation_steps - 1
                 ctx = accelerator.no_sync(unet) if not final_micro else contextlib.nullcontext()
                 # backward inside the capture: gradient checkpointing recomputes the supervised layers
@@ -277,7 +319,8 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
                     last.update({f"heldout_attention_{k}": v for k, v in grounding.items()})
             if done % cfg.checkpointing_steps == 0 or done == cfg.max_train_steps:
                 if accelerator.is_main_process:
-                    save_checkpoint(out / "checkpoints", done, accelerator.unwrap_model(unet), optimizer,
+                    save_checkpoint(out / "checkpoints", done, accelerator.unwrap_model(unet),
+                                    optimizer if cfg.checkpoint_optimizer else None,
                                     fp, cfg.checkpoints_total_limit, last=last)
                 accelerator.wait_for_everyone()
     bar.close()
