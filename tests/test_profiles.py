@@ -108,17 +108,17 @@ REHEARSAL_MAY_DIFFER = (
     "rehearsal_models.*", "coco_download.urls", "multigen_prompts.*", "*.out_dir",
     # data: coco-mini in COCO format (no TokenCompose metadata.jsonl, hence no official noun lists)
     "dataset.*", "captions.select", "captions.first_n", "captions.ids_file", "nouns.source",
-    "evaluate.multigen.prompts",
+    "evaluate.multigen.*.prompts", "evaluate.fid_flickr30k.enabled",
     # model paths
     "ground.checkpoint", "ground.text_encoder", "segment.checkpoint", "train.pretrained",
-    "evaluate.pretrained", "evaluate.models.*", "evaluate.multigen.detector",
+    "evaluate.pretrained", "evaluate.models.*", "evaluate.multigen.*.detector",
     "evaluate.object_accuracy.detector",
     # counts
     "ground.shard_size", "segment.shard_size", "train.max_train_steps", "train.checkpointing_steps",
     "train.checkpoints_total_limit", "train.heatmap_steps", "train.heatmap_captions",
     "train.holdout_images", "evaluate.grid_images", "evaluate.generation.steps",
-    "evaluate.multigen.num_prompts", "evaluate.multigen.images_per_prompt",
-    "evaluate.multigen.heatmap_prompts", "evaluate.object_accuracy.num_prompts",
+    "evaluate.multigen.*.num_prompts", "evaluate.multigen.*.images_per_prompt",
+    "evaluate.multigen.*.heatmap_prompts", "evaluate.object_accuracy.num_prompts",
     "evaluate.object_accuracy.images_per_prompt", "evaluate.fid.num_images",
     "evaluate.attention.holdout_images",
 )
@@ -171,5 +171,5 @@ def test_rehearsal_profiles_read_the_shared_coco_subset():
         p = resolve(REPO / "configs" / f"rehearsal-{variant}.yaml")
         d = p["dataset"]
         for path in (d["captions"], d["images_dir"], d["instances"], d["fid_captions"], d["fid_images_dir"],
-                     p["evaluate"]["multigen"]["prompts"]):
+                     *(m["prompts"] for m in p["evaluate"]["multigen"].values())):
             assert path.startswith("../shared/"), path

@@ -43,7 +43,7 @@ def test_every_profile_fits_the_known_sizes(name, no_data):
 @pytest.mark.parametrize("name", PAPER)
 def test_paper_profiles_are_checked_against_published_sizes(name, no_data):
     params = resolve(REPO / "configs" / f"{name}.yaml")
-    assert data_size(params["evaluate"]["fid"]["captions"]).source == "known"
+    assert data_size(params["dataset"]["fid_captions"]).source == "known"
     too_many = json.loads(json.dumps(params))
     too_many["evaluate"]["fid"].update(num_images=10_000, captions_per_image=1)   # the old, impossible setting
     too_many["evaluate"]["multigen"]["ade20k"]["num_prompts"] = 1_001

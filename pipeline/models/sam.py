@@ -304,7 +304,7 @@ def load_sam(model_type: str, checkpoint: str | Path, device: str | torch.device
     if not isinstance(state, dict):
         raise ValueError(f"{checkpoint}: expected a state dict, got {type(state).__name__}")
     _check_family(model_type, checkpoint, state)
-    if model_type.removeprefix("hq_") != "tiny":  # another model's file: named before anything is built
+    if model_type != "hq_tiny":  # another model's file: named before anything is built (HQ: same encoders)
         check_sam_state(model_type.removeprefix("hq_"), checkpoint, state)
     sam = build_architecture(model_type, checkpoint)
     try:
