@@ -12,8 +12,8 @@ import torch
 from pipeline.core.config import from_dict
 from pipeline.data.sam_masks import count_encoder_calls, make_predictor, segment_image
 from pipeline.data.segment import SegmentConfig
-from pipeline.models.sam import build_tiny_sam, load_sam
-from pipeline.models.sam_hq import HQ_CHECKPOINT_NAME, build_tiny_sam_hq, is_hq_state_dict
+from pipeline.models.sam import HQ_CHECKPOINT_NAME, build_tiny_sam, load_sam
+from pipeline.models.sam_hq import build_tiny_sam_hq, is_hq_state_dict
 
 
 @pytest.fixture(scope="module")

@@ -29,13 +29,7 @@ from typing import Literal
 
 import torch
 from segment_anything import sam_model_registry
-from segment_anything.modeling import (
-    ImageEncoderViT,
-    MaskDecoder,
-    PromptEncoder,
-    Sam,
-    TwoWayTransformer,
-)
+from segment_anything.modeling import Sam
 
 from pipeline.core.config import from_dict
 from pipeline.core.devices import resolve_device
@@ -48,6 +42,7 @@ SAM_MODEL_TYPES: tuple[str, ...] = ("vit_h", "vit_l", "vit_b", "tiny")
 MODEL_TYPES: tuple[str, ...] = (*SAM_MODEL_TYPES, "hq_vit_h", "hq_vit_l", "hq_vit_b", "hq_tiny")
 TINY_TYPES: tuple[str, ...] = ("tiny", "hq_tiny")  # architecture from config.json beside the checkpoint
 CHECKPOINT_NAME = "sam_tiny.pth"
+HQ_CHECKPOINT_NAME = "sam_hq_tiny.pth"
 CONFIG_NAME = "config.json"
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -100,12 +95,25 @@ class SamArchitecture:
         return self.image_size // self.patch_size
 
 
-def build_sam(arch: SamArchitecture) -> Sam:
-    """Build a SAM with the architecture ``arch`` (weights as the constructors leave them)."""
+def build_sam(arch: SamArchitecture, hq: bool = False) -> Sam:
+    """Build a SAM with the architecture ``arch`` (weights as the constructors leave them).
+
+    ``hq``: a SAM-HQ from ``segment_anything_hq``'s classes (its ``MaskDecoderHQ`` reads the
+    encoder's features too); else ``segment_anything``'s.
+    """
     arch.validate()
     grid = arch.embedding_size
-    return Sam(
-        image_encoder=ImageEncoderViT(
+    if hq:
+        from pipeline.models.sam_hq import hq_modeling
+
+        m = hq_modeling()
+        decoder, extra = m.MaskDecoderHQ, {"vit_dim": arch.encoder_embed_dim}
+    else:
+        import segment_anything.modeling as m
+
+        decoder, extra = m.MaskDecoder, {}
+    return m.Sam(
+        image_encoder=m.ImageEncoderViT(
             depth=arch.encoder_depth,
             embed_dim=arch.encoder_embed_dim,
             img_size=arch.image_size,
@@ -119,15 +127,15 @@ def build_sam(arch: SamArchitecture) -> Sam:
             window_size=arch.encoder_window_size,
             out_chans=arch.prompt_embed_dim,
         ),
-        prompt_encoder=PromptEncoder(
+        prompt_encoder=m.PromptEncoder(
             embed_dim=arch.prompt_embed_dim,
             image_embedding_size=(grid, grid),
             input_image_size=(arch.image_size, arch.image_size),
             mask_in_chans=arch.mask_in_chans,
         ),
-        mask_decoder=MaskDecoder(
+        mask_decoder=decoder(
             num_multimask_outputs=arch.num_multimask_outputs,
-            transformer=TwoWayTransformer(
+            transformer=m.TwoWayTransformer(
                 depth=arch.decoder_depth,
                 embedding_dim=arch.prompt_embed_dim,
                 mlp_dim=arch.decoder_mlp_dim,
@@ -136,6 +144,7 @@ def build_sam(arch: SamArchitecture) -> Sam:
             transformer_dim=arch.prompt_embed_dim,
             iou_head_depth=arch.iou_head_depth,
             iou_head_hidden_dim=arch.iou_head_hidden_dim,
+            **extra,
         ),
         pixel_mean=list(PIXEL_MEAN),
         pixel_std=list(PIXEL_STD),
@@ -158,7 +167,7 @@ def read_architecture(config_path: str | Path) -> SamArchitecture:
     return from_dict(SamArchitecture, data, str(config_path))
 
 
-def init_tiny_sam(arch: SamArchitecture, seed: int) -> Sam:
+def init_tiny_sam(arch: SamArchitecture, seed: int, hq: bool = False) -> Sam:
     """A SAM with seeded random weights; the caller's global RNG state is left untouched.
 
     The encoder's absolute and relative position embeddings are zeros after construction;
@@ -166,7 +175,7 @@ def init_tiny_sam(arch: SamArchitecture, seed: int) -> Sam:
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        sam = build_sam(arch)
+        sam = build_sam(arch, hq)
         with torch.no_grad():
             for name, param in sam.image_encoder.named_parameters():
                 if name == "pos_embed" or name.endswith(("rel_pos_h", "rel_pos_w")):
@@ -174,26 +183,28 @@ def init_tiny_sam(arch: SamArchitecture, seed: int) -> Sam:
     return sam.eval()
 
 
-def build_tiny_sam(out_dir: str | Path, seed: int = 0, arch: SamArchitecture | None = None) -> Path:
-    """Build, seed and save a tiny SAM; returns the checkpoint path.
+def build_tiny_sam(out_dir: str | Path, seed: int = 0, arch: SamArchitecture | None = None,
+                   hq: bool = False) -> Path:
+    """Build, seed and save a tiny SAM (``hq``: SAM-HQ); returns the checkpoint path.
 
-    Writes ``out_dir/sam_tiny.pth`` (a raw state dict, like the official checkpoints) and
-    ``out_dir/config.json`` (the architecture numbers, the seed and ``model_type: tiny``).
-    The same seed gives identical tensors.
+    Writes ``out_dir/sam_tiny.pth`` (``sam_hq_tiny.pth``; a raw state dict, like the official
+    checkpoints) and ``out_dir/config.json`` (the architecture numbers, the seed and
+    ``model_type: tiny`` or ``hq_tiny``). The same seed gives identical tensors.
     """
     arch = arch or SamArchitecture()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sam = init_tiny_sam(arch, seed)
+    sam = init_tiny_sam(arch, seed, hq)
     state = {k: v.detach().clone().contiguous() for k, v in sam.state_dict().items()}
-    checkpoint = out_dir / CHECKPOINT_NAME
-    tmp = out_dir / f".{CHECKPOINT_NAME}.tmp"
+    name = HQ_CHECKPOINT_NAME if hq else CHECKPOINT_NAME
+    checkpoint = out_dir / name
+    tmp = out_dir / f".{name}.tmp"
     try:
         torch.save(state, tmp)
         tmp.replace(checkpoint)
     finally:
         tmp.unlink(missing_ok=True)
-    config = {"model_type": "tiny", "seed": seed, **dataclasses.asdict(arch)}
+    config = {"model_type": "hq_tiny" if hq else "tiny", "seed": seed, **dataclasses.asdict(arch)}
     config["encoder_global_attn_indexes"] = list(arch.encoder_global_attn_indexes)
     write_json(config, out_dir / CONFIG_NAME)
     n_params = sum(v.numel() for v in state.values())
@@ -222,11 +233,7 @@ def build_architecture(model_type: str, checkpoint: str | Path) -> Sam:
         if written != model_type:
             raise ValueError(f"{checkpoint}: model_type {model_type!r} expected, but {config_path} describes "
                              f"a {written!r} model")
-        if is_hq(model_type):
-            from pipeline.models.sam_hq import build_sam_hq
-
-            return build_sam_hq(arch)
-        return build_sam(arch)
+        return build_sam(arch, hq=is_hq(model_type))
     if model_type in ("vit_h", "vit_l", "vit_b"):
         return sam_model_registry[model_type](checkpoint=None)
     if model_type in ("hq_vit_h", "hq_vit_l", "hq_vit_b"):

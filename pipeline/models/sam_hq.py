@@ -22,14 +22,10 @@ saved and put back, so ``timm.create_model`` keeps meaning timm's models.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from functools import partial
 from pathlib import Path
 
 import torch
-
-from pipeline.core.tables import write_json
 
 log = logging.getLogger(__name__)
 
@@ -57,24 +53,19 @@ def import_segment_anything_hq():
 
 import_segment_anything_hq()
 from segment_anything_hq import sam_model_registry as hq_registry  # noqa: E402
-from segment_anything_hq.modeling import (  # noqa: E402
-    ImageEncoderViT,
-    MaskDecoderHQ,
-    PromptEncoder,
-    Sam,
-    TwoWayTransformer,
-)
 
 HQ_MODEL_TYPES: tuple[str, ...] = ("hq_vit_h", "hq_vit_l", "hq_vit_b", "hq_tiny")
-HQ_CHECKPOINT_NAME = "sam_hq_tiny.pth"
 #: state-dict key prefixes only SAM-HQ has (its extra decoder token and feature fusion)
 HQ_KEY_PREFIXES: tuple[str, ...] = (
     "mask_decoder.hf_token", "mask_decoder.hf_mlp", "mask_decoder.compress_vit_feat",
     "mask_decoder.embedding_encoder", "mask_decoder.embedding_maskfeature",
 )
 
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
+def hq_modeling():
+    """``segment_anything_hq.modeling`` (the classes SAM-HQ is built from)."""
+    import segment_anything_hq.modeling
+
+    return segment_anything_hq.modeling
 
 
 def is_hq_state_dict(state: dict) -> bool:
@@ -82,82 +73,13 @@ def is_hq_state_dict(state: dict) -> bool:
     return any(k.startswith(HQ_KEY_PREFIXES) for k in state)
 
 
-def build_sam_hq(arch) -> Sam:
-    """A SAM-HQ with the numbers of ``arch`` (a ``pipeline.models.sam.SamArchitecture``)."""
-    arch.validate()
-    grid = arch.embedding_size
-    return Sam(
-        image_encoder=ImageEncoderViT(
-            depth=arch.encoder_depth,
-            embed_dim=arch.encoder_embed_dim,
-            img_size=arch.image_size,
-            mlp_ratio=arch.encoder_mlp_ratio,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=arch.encoder_num_heads,
-            patch_size=arch.patch_size,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=tuple(arch.encoder_global_attn_indexes),
-            window_size=arch.encoder_window_size,
-            out_chans=arch.prompt_embed_dim,
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=arch.prompt_embed_dim,
-            image_embedding_size=(grid, grid),
-            input_image_size=(arch.image_size, arch.image_size),
-            mask_in_chans=arch.mask_in_chans,
-        ),
-        mask_decoder=MaskDecoderHQ(
-            num_multimask_outputs=arch.num_multimask_outputs,
-            transformer=TwoWayTransformer(
-                depth=arch.decoder_depth,
-                embedding_dim=arch.prompt_embed_dim,
-                mlp_dim=arch.decoder_mlp_dim,
-                num_heads=arch.decoder_num_heads,
-            ),
-            transformer_dim=arch.prompt_embed_dim,
-            iou_head_depth=arch.iou_head_depth,
-            iou_head_hidden_dim=arch.iou_head_hidden_dim,
-            vit_dim=arch.encoder_embed_dim,
-        ),
-        pixel_mean=list(PIXEL_MEAN),
-        pixel_std=list(PIXEL_STD),
-    )
-
-
-def build_official_hq(model_type: str) -> Sam:
+def build_official_hq(model_type: str) -> torch.nn.Module:
     """The untrained official SAM-HQ ViT-H/L/B (``segment_anything_hq``'s registry)."""
     return hq_registry[model_type.removeprefix("hq_")](checkpoint=None)
 
 
 def build_tiny_sam_hq(out_dir: str | Path, seed: int = 0, arch=None) -> Path:
-    """Build, seed and save a tiny SAM-HQ; returns the checkpoint path.
+    """A tiny SAM-HQ (``sam_hq_tiny.pth`` + ``config.json``, ``model_type: hq_tiny``), as ``build_tiny_sam``."""
+    from pipeline.models.sam import build_tiny_sam
 
-    Writes ``out_dir/sam_hq_tiny.pth`` (a raw state dict, like the official checkpoints) and
-    ``out_dir/config.json`` (the architecture, the seed and ``model_type: hq_tiny``).
-    """
-    from pipeline.models.sam import CONFIG_NAME, SamArchitecture
-
-    arch = arch or SamArchitecture()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        sam = build_sam_hq(arch)
-        with torch.no_grad():
-            for name, param in sam.image_encoder.named_parameters():
-                if name == "pos_embed" or name.endswith(("rel_pos_h", "rel_pos_w")):
-                    param.normal_(0.0, 0.02)
-    state = {k: v.detach().clone().contiguous() for k, v in sam.state_dict().items()}
-    checkpoint = out_dir / HQ_CHECKPOINT_NAME
-    tmp = out_dir / f".{HQ_CHECKPOINT_NAME}.tmp"
-    try:
-        torch.save(state, tmp)
-        tmp.replace(checkpoint)
-    finally:
-        tmp.unlink(missing_ok=True)
-    config = {"model_type": "hq_tiny", "seed": seed, **dataclasses.asdict(arch)}
-    config["encoder_global_attn_indexes"] = list(arch.encoder_global_attn_indexes)
-    write_json(config, out_dir / CONFIG_NAME)
-    log.info("tiny SAM-HQ: %d parameters -> %s", sum(v.numel() for v in state.values()), checkpoint)
-    return checkpoint
+    return build_tiny_sam(out_dir, seed, arch, hq=True)
