@@ -261,7 +261,8 @@ def test_table1_in_one_run_two_prompt_sets_flickr_fid_latency(evaluated: Path, t
                     num_prompts=2, images_per_prompt=1, heatmap_prompts=0)
     ev["multigen"] = {"coco": official, "mine": generated}
     ev["object_accuracy"]["enabled"] = ev["attention"]["enabled"] = False
-    ev["fid_flickr30k"] = dict(ev["fid"], num_images=3)              # the demo images stand in for Flickr30K
+    ev["fid_flickr30k"] = dict(ev["fid"], num_images=3,             # the demo images stand in for Flickr30K
+                               captions=params["dataset"]["fid_captions"], images_dir=params["dataset"]["fid_images_dir"])
     write_params(ws, params)
     run_stage(ws, "stages.evaluate", "--model", "base")
     m = metrics(ws, "base")

@@ -54,6 +54,8 @@ class TrainLogger:
         if resume_step > 0:
             trim_dvclive(live_dir, resume_step)
         self.live = Live(dir=str(live_dir), resume=resume_step > 0, dvcyaml=False, save_dvc_exp=False)
+        # a DVC output even when no heatmap can be drawn (no supervised noun to show)
+        (live_dir / "plots" / "images").mkdir(parents=True, exist_ok=True)
 
     def log_step(self, step: int, values: dict[str, float]) -> None:
         if self.live is None:
