@@ -54,8 +54,6 @@ class TrainLogger:
         if resume_step > 0:
             trim_dvclive(live_dir, resume_step)
         self.live = Live(dir=str(live_dir), resume=resume_step > 0, dvcyaml=False, save_dvc_exp=False)
-        # a DVC output even when no heatmap can be drawn (no supervised noun to show)
-        (live_dir / "plots" / "images").mkdir(parents=True, exist_ok=True)
 
     def log_step(self, step: int, values: dict[str, float]) -> None:
         if self.live is None:
@@ -80,9 +78,10 @@ class TrainLogger:
         self.live.make_summary()
 
     def log_heatmaps(self, step: int, rows: list[dict]) -> None:
-        if self.live is None or not rows:
+        """The heatmap grid of the fixed captions; without a supervised noun, a picture saying so."""
+        if self.live is None:
             return
-        self.live.log_image(f"attention/step-{step:06d}.png", render_heatmaps(rows))
+        self.live.log_image(f"attention/step-{step:06d}.png", render_heatmaps(rows) if rows else _nothing_to_show())
 
     def finish(self, summary: dict, rejects: list[tuple[str, str, str]]) -> None:
         if not self.enabled:
@@ -92,3 +91,12 @@ class TrainLogger:
         write_json(summary, self.out_dir / "summary.json")
         if self.live is not None:
             self.live.end()
+
+
+def _nothing_to_show():
+    """A small picture for a step with no supervised noun among the heatmap captions."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (384, 48), (20, 20, 20))
+    ImageDraw.Draw(image).text((8, 16), "no supervised noun: no attention to show", fill=(255, 255, 255))
+    return image
