@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="rehearsal-sd14")
     p.add_argument("--dvc", default="dvc")
+    p.add_argument("--only", nargs="+", metavar="STAGE",
+                   help="run and time only these stages (e.g. evaluate@base), the others as they are")
     args = p.parse_args(argv)
     setup_logging("INFO")
     # the profile switch as a user runs it (validates, then writes params.yaml)
@@ -112,18 +114,22 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     plan = []
     for stage in stage_order(Path("dvc.yaml"), params):
+        if args.only and stage not in args.only:
+            continue
         if stage == "train" and steps > 1:
             plan += [("train", 1, "train (1 step)"), ("train", steps, f"train (resumed to {steps} steps)")]
         else:
             plan.append((stage, None, stage))
+    done_steps = 0
     for stage, train_steps, label in plan:
         if train_steps is not None:
             set_train_steps(params_path, train_steps)
         log.info("running %s", label)
         rc, seconds, rss = run_measured([args.dvc, "repro", "--single-item", stage], env)
         items, unit = items_of(stage, params)
-        if stage == "train" and items is not None:
-            items = min(items, train_steps) if train_steps else items
+        if stage == "train" and items is not None and train_steps:
+            items = min(items, train_steps) - done_steps  # the steps this run took (a resume skips the rest)
+            done_steps = train_steps
         rows.append({"stage": label, "seconds": seconds, "rss_gib": rss, "items": items, "unit": unit})
         print(f"\n{table(rows[-1:])}\n", flush=True)
         if rc != 0:

@@ -1,6 +1,6 @@
 """The user's commands on a fresh clone: ``dvc repro`` twice, then ``dvc exp run -S``.
 
-Runs the real DAG of the default demo profile in a temporary git repository made from the
+Runs the real DAG of the default demo profile (at a third of its size) in a temporary git repository made from the
 project's files, so nothing in the working copy is touched.
 """
 
@@ -36,6 +36,21 @@ def ran_stages(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
+def smaller_demo(path: Path) -> None:
+    """The demo profile at a third of its size: the same stages and code paths, fewer images and steps."""
+    params = yaml.safe_load(path.read_text())
+    params["demo_data"]["num_images"] = 16
+    params["train"].update(max_train_steps=4, checkpointing_steps=2, heatmap_steps=2, holdout_images=4)
+    ev = params["evaluate"]
+    ev.update(grid_images=2)
+    ev["generation"]["steps"] = 4
+    ev["multigen"].update(num_prompts=2, images_per_prompt=1, heatmap_prompts=1)
+    ev["object_accuracy"]["num_prompts"] = 2
+    ev["fid"]["num_images"] = 4
+    ev["attention"]["holdout_images"] = 4
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory) -> Path:
     """The project's tracked and untracked-but-not-ignored files, committed in a new repo."""
@@ -49,6 +64,7 @@ def clone(tmp_path_factory) -> Path:
         if src.is_file() and not rel.startswith(("data/", "models/")) and rel != "dvc.lock":
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
+    smaller_demo(dst / "params.yaml")
     sh(["git", "init", "-q", "-b", "main"], dst)
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "add", "-A"], dst)
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "clone"], dst)
@@ -99,10 +115,10 @@ def test_repro_then_up_to_date_then_threshold_experiment_then_plots(clone: Path)
         assert {"MG2", "MG5_std"} <= set(m["multigen"]) and "fid" in m and "iou" in m["attention"]
 
     # one more model to evaluate (a training checkpoint's UNet): only its own stage runs
-    more = sh(["dvc", "exp", "run", "-S", "+evaluate.models.step20=data/train/checkpoints/step-000020/unet",
-               "-n", "step20"], clone)
-    assert ran_stages(more) == ["evaluate@step20"]
-    assert "data/evaluate/step20/metrics.json" in sh(["dvc", "metrics", "show"], clone)
+    more = sh(["dvc", "exp", "run", "-S", "+evaluate.models.step4=data/train/checkpoints/step-000004/unet",
+               "-n", "step4"], clone)
+    assert ran_stages(more) == ["evaluate@step4"]
+    assert "data/evaluate/step4/metrics.json" in sh(["dvc", "metrics", "show"], clone)
 
     plots = json.loads(sh(["dvc", "plots", "show", "--json"], clone))
     text = json.dumps(plots)

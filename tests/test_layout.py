@@ -95,3 +95,57 @@ def test_a_new_import_is_caught():
     deps = [d for d in spec["deps"] if "${" not in d]
     files = code_files("stages.train")  # train's code: pipeline/train, pipeline/models, ...
     assert any(not _covered(p, deps) for p in files if p.stat().st_size)
+
+
+
+def _resolve(text: str, params: dict, **local: str) -> Path:
+    """``${section.key}`` (and foreach's ``${key}``/``${item}``) filled as DVC's interpolation does."""
+    import re
+
+    def value(match):
+        name = match.group(1)
+        if name in local:
+            return local[name]
+        node = params
+        for part in name.split("."):
+            node = node[part]
+        return str(node)
+
+    return Path(re.sub(r"\$\{\s*([\w.]+)\s*\}", value, text))
+
+
+def _expanded(params: dict) -> list[tuple[str, list[Path], list[Path]]]:
+    """(stage, deps, outs) in dvc.yaml's order, ``foreach`` stages once per item."""
+    rows = []
+    for name, spec in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        items = {"": ""}
+        if "foreach" in spec:
+            items = _resolve_dict(spec["foreach"], params)
+            spec = spec["do"]
+        for key, item in items.items():
+            local = {"key": key, "item": str(item)}
+            paths = {kind: [_resolve(next(iter(e)) if isinstance(e, dict) else e, params, **local)
+                            for e in spec.get(kind) or []] for kind in ("deps", "outs", "metrics", "plots")}
+            rows.append((f"{name}@{key}" if key else name, paths["deps"],
+                         paths["outs"] + paths["metrics"] + paths["plots"]))
+    return rows
+
+
+def _resolve_dict(ref: str, params: dict) -> dict:
+    node = params
+    for part in ref.strip("${} ").split("."):
+        node = node[part]
+    return node
+
+
+@pytest.mark.parametrize("profile", ["demo", "rehearsal-sd14", "paper-sd14"])
+def test_dvc_yaml_lists_stages_in_the_order_they_run(profile):
+    """A stage comes after every stage whose outputs it reads, so running them one by one in file
+    order (``dvc repro --single-item``, as ``bench.rehearsal`` does) never meets a missing input."""
+    from stages.profiles import resolve
+
+    stages = _expanded(resolve(ROOT / "configs" / f"{profile}.yaml"))
+    late = [f"{name} reads {dep}, written by {other} (listed later)"
+            for i, (name, deps, _) in enumerate(stages) for dep in deps
+            for other, _, outs in stages[i + 1:] if any(dep == o or o in dep.parents for o in outs)]
+    assert late == [], "dvc.yaml:\n" + "\n".join(late)

@@ -119,7 +119,7 @@ REHEARSAL_MAY_DIFFER = (
     "train.holdout_images", "evaluate.grid_images", "evaluate.generation.steps",
     "evaluate.multigen.*.num_prompts", "evaluate.multigen.*.images_per_prompt",
     "evaluate.multigen.*.heatmap_prompts", "evaluate.object_accuracy.num_prompts",
-    "evaluate.object_accuracy.images_per_prompt", "evaluate.fid.num_images",
+    "evaluate.object_accuracy.images_per_prompt", "evaluate.fid.num_images", "evaluate.fid.captions_per_image",
     "evaluate.attention.holdout_images",
 )
 

@@ -95,3 +95,20 @@ def test_a_stage_checks_its_own_counts_only(no_data):
     params["evaluate"]["fid"]["num_images"] = 10_000
     assert check_params(params, only=("captions", "train")) == []
     assert len(check_params(params, only=("evaluate",))) == 1
+
+
+def test_evaluation_may_hold_out_every_image_and_picks_what_train_holds_out():
+    from types import SimpleNamespace
+
+    from pipeline.train.loop import split_holdout
+
+    examples = [SimpleNamespace(image_id=i // 2) for i in range(6)]  # 3 images, 2 captions each
+    _, train_held = split_holdout(examples, 1, seed=7)
+    _, eval_held = split_holdout(examples, 1, seed=7, name="evaluate.attention.holdout_images", keep_training=False)
+    assert eval_held == train_held and len(train_held) == 2
+    with pytest.raises(ConfigError, match=r"train.holdout_images=3 leaves no training image"):
+        split_holdout(examples, 3, seed=7)
+    kept, held = split_holdout(examples, 3, seed=7, name="evaluate.attention.holdout_images", keep_training=False)
+    assert kept == [] and len(held) == 6
+    with pytest.raises(ConfigError, match=r"evaluate.attention.holdout_images=4 asks for more"):
+        split_holdout(examples, 4, seed=7, name="evaluate.attention.holdout_images", keep_training=False)

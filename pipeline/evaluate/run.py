@@ -162,7 +162,8 @@ def run_attention(cfg: EvaluateConfig, pipe) -> dict:
     resolutions = sorted(set(layer_resolutions(pipe.unet, latent, a.blocks).values()))
     coverage = MaskCoverage(a.resolution, tuple(resolutions), a.max_mask_coverage)
     examples, _, data = build_examples(a.captions, a.nouns, a.masks, tokenizer=pipe.tokenizer, coverage=coverage)
-    _, heldout = split_holdout(examples, a.holdout_images, a.seed)
+    _, heldout = split_holdout(examples, a.holdout_images, a.seed, name="evaluate.attention.holdout_images",
+                               keep_training=False)
     dataset = TokenComposeDataset(heldout, pipe.tokenizer, a.resolution, resolutions)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     result = evaluate_grounding(pipe.unet, pipe.vae, pipe.text_encoder, dataset, list(range(len(dataset))),

@@ -179,13 +179,18 @@ def example_positions(step: int, micro: int, rank: int, cfg: TrainConfig, world_
     return list(range(start, start + b))
 
 
-def split_holdout(examples: list, n_images: int, seed: int) -> tuple[list, list]:
-    """Keep ``n_images`` images (all their captions) out of training, chosen by a seeded permutation."""
+def split_holdout(examples: list, n_images: int, seed: int, *, name: str = "train.holdout_images",
+                  keep_training: bool = True) -> tuple[list, list]:
+    """Keep ``n_images`` images (all their captions) out of training, chosen by a seeded permutation.
+
+    ``keep_training=False`` (evaluation) allows holding out every image; the choice is the same.
+    """
     if n_images <= 0:
         return list(examples), []
     images = sorted({e.image_id for e in examples})
-    if n_images >= len(images):
-        raise ConfigError(f"train.holdout_images={n_images} leaves no training image (there are {len(images)})")
+    if n_images > len(images) or (keep_training and n_images == len(images)):
+        left = "leaves no training image" if n_images == len(images) else "asks for more images than there are"
+        raise ConfigError(f"{name}={n_images} {left} (there are {len(images)})")
     perm = torch.randperm(len(images), generator=_generator(seed, -2)).tolist()
     held = {images[i] for i in perm[:n_images]}
     return [e for e in examples if e.image_id not in held], [e for e in examples if e.image_id in held]
