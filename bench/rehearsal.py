@@ -135,7 +135,9 @@ def main(argv: list[str] | None = None) -> None:
         if rc != 0:
             print(table(rows))
             raise SystemExit(f"{label} failed (exit {rc})")
-    print(f"\nprofile {args.profile}, load average {os.getloadavg()[0]:.2f}\n{table(rows)}")
+    total = {"stage": "**total**", "seconds": sum(r["seconds"] for r in rows),
+             "rss_gib": max((r["rss_gib"] for r in rows), default=0.0), "items": None, "unit": ""}
+    print(f"\nprofile {args.profile}, load average {os.getloadavg()[0]:.2f}\n{table(rows + [total])}")
 
 
 if __name__ == "__main__":
