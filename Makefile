@@ -19,8 +19,10 @@ $(VENV)/.installed: pyproject.toml
 repro: setup
 	dvc repro
 
+# one worker per core, whole files per worker (module fixtures built once), one thread per process
+TEST_WORKERS ?= 2
 test: setup
-	python -m pytest -q
+	OMP_NUM_THREADS=1 python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup
 	python -m bench

@@ -52,7 +52,7 @@ def test_dvc_repro_ground_on_two_processes_equals_one(tmp_path: Path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["demo_data"].update(num_images=4, captions_per_image=1)
     params["ground"]["shard_size"] = 1
-    params["launch"]["ground"] = "torchrun --nproc_per_node 2 --master-port 29531"
+    params["launch"]["ground"] = "torchrun --nproc_per_node 2 --master-port 29533"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "clone"]):
