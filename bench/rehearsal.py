@@ -14,6 +14,11 @@ process it waited for). On a GPU the stage's CUDA peak is not seen from here (a 
 process); each stage logs its device. Items: a count from the stage's summary/metrics json
 (``STAGE_ITEMS``), per second of the stage's wall time. ``params.yaml`` is left on the
 profile; ``python -m stages.profiles use demo`` goes back.
+
+Disk: rehearsal-sd14 needs about 62 GB (the models, three 10 GB SD1.4 checkpoints with AdamW
+state, and DVC's cache copy of each output). The runner stops before any work when the disk has
+less than ``--min-free-gb`` free, and ends with the disk use of ``models/``, ``data/`` and the
+DVC cache.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -90,6 +96,24 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def disk_gb(path: Path) -> float:
+    """Bytes under ``path`` (files counted once per inode), in GB."""
+    seen, total = set(), 0
+    for f in path.rglob("*") if path.is_dir() else []:
+        st = f.lstat()
+        if f.is_file() and not f.is_symlink() and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total / 1e9
+
+
+def check_free_disk(root: Path, min_free_gb: float) -> None:
+    free = shutil.disk_usage(root).free / 1e9
+    if free < min_free_gb:
+        raise SystemExit(f"the rehearsal needs about {min_free_gb:.0f} GB free on {root.resolve()}, "
+                         f"it has {free:.1f} GB: free space or pass --min-free-gb")
+
+
 def set_train_steps(path: Path, steps: int) -> None:
     params = yaml.safe_load(path.read_text())
     params["train"]["max_train_steps"] = steps
@@ -102,8 +126,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dvc", default="dvc")
     p.add_argument("--only", nargs="+", metavar="STAGE",
                    help="run and time only these stages (e.g. evaluate@base), the others as they are")
+    p.add_argument("--min-free-gb", type=float, default=64.0,
+                   help="stop before any work when the disk has less free space (default 64)")
     args = p.parse_args(argv)
     setup_logging("INFO")
+    check_free_disk(Path("."), args.min_free_gb)
     # the profile switch as a user runs it (validates, then writes params.yaml)
     subprocess.run([sys.executable, "-m", "stages.profiles", "use", args.profile], check=True)
     params_path = Path("params.yaml")
@@ -137,7 +164,9 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"{label} failed (exit {rc})")
     total = {"stage": "**total**", "seconds": sum(r["seconds"] for r in rows),
              "rss_gib": max((r["rss_gib"] for r in rows), default=0.0), "items": None, "unit": ""}
-    print(f"\nprofile {args.profile}, load average {os.getloadavg()[0]:.2f}\n{table(rows + [total])}")
+    disk = ", ".join(f"{d} {disk_gb(Path(d)):.1f} GB" for d in ("models", "data", ".dvc/cache"))
+    print(f"\nprofile {args.profile}, load average {os.getloadavg()[0]:.2f}, disk: {disk}\n"
+          f"{table(rows + [total])}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -67,6 +68,19 @@ def test_rehearsal_runner_plans_every_stage_and_the_resume():
     assert order.index("rehearsal_models") < order.index("ground") < order.index("train") < order.index("evaluate@base")
     assert {"evaluate@base", "evaluate@tokencompose"} <= set(order)
     assert params["train"]["max_train_steps"] >= 2 and params["train"]["checkpointing_steps"] == 1
+
+
+def test_rehearsal_stops_before_work_on_a_full_disk_and_counts_hard_links_once(tmp_path: Path):
+    import os
+
+    from bench.rehearsal import check_free_disk, disk_gb
+
+    (tmp_path / "a").write_bytes(b"x" * 1000)
+    os.link(tmp_path / "a", tmp_path / "b")  # DVC's cache may hard-link outputs
+    assert disk_gb(tmp_path) == 1000 / 1e9
+    check_free_disk(tmp_path, 0.0)
+    with pytest.raises(SystemExit, match="needs about .* GB free"):
+        check_free_disk(tmp_path, 1e12)
 
 
 def test_gpu_report_quick_runs_on_the_cpu():
