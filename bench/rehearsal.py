@@ -15,7 +15,7 @@ process); each stage logs its device. Items: a count from the stage's summary/me
 (``STAGE_ITEMS``), per second of the stage's wall time. ``params.yaml`` is left on the
 profile; ``python -m stages.profiles use demo`` goes back.
 
-Disk: rehearsal-sd14 needs about 62 GB (the models, three 10 GB SD1.4 checkpoints with AdamW
+Disk: rehearsal-sd14 needs about 66 GB (the models, three 10 GB SD1.4 checkpoints with AdamW
 state, and DVC's cache copy of each output). The runner stops before any work when the disk has
 less than ``--min-free-gb`` free, and ends with the disk use of ``models/``, ``data/`` and the
 DVC cache.
@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dvc", default="dvc")
     p.add_argument("--only", nargs="+", metavar="STAGE",
                    help="run and time only these stages (e.g. evaluate@base), the others as they are")
-    p.add_argument("--min-free-gb", type=float, default=64.0,
-                   help="stop before any work when the disk has less free space (default 64)")
+    p.add_argument("--min-free-gb", type=float, default=70.0,
+                   help="stop before any work when the disk has less free space (default 70)")
     args = p.parse_args(argv)
     setup_logging("INFO")
     check_free_disk(Path("."), args.min_free_gb)

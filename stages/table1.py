@@ -6,7 +6,8 @@
 Columns in Table 1's order: Object Accuracy; MultiGen MG2-MG5 per prompt set (COCO, ADE20K; a
 single set is "MultiGen"); FID (COCO); FID (Flickr30K); latency (s/image). A model that has no
 ``metrics.json`` yet, a metric that was skipped (with its recorded reason) or that is not a
-number is shown as such, never as a value.
+number is shown as such, never as a value. A model whose metrics carry ``flags`` (e.g. models
+with random weights) is marked "(flagged)" and each flag is printed under the table.
 
 The published rows (SD 1.4 and TokenCompose, SD 1.4 based) are the official repository's
 README table (github.com/mlpc-ucsd/TokenCompose), which reproduces the paper's Table 1; MG-k
@@ -81,7 +82,9 @@ def table1(models: dict[str, dict | None]) -> str:
             cells += [_number(mg.get(k, math.nan), mg.get(f"{k}_std")) for k in MG]
         cells += [_number(m.get(k, math.nan)) for k in ("fid", "fid_flickr30k")]
         cells.append(_number(m.get("latency_s_per_image", math.nan)))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        flags = m.get("flags") or []
+        lines.append(f"| {name}{' (flagged)' if flags else ''} | " + " | ".join(cells) + " |")
+        notes += [f"- {name}: {flag}" for flag in flags]
         for key, reason in (m.get("skipped") or {}).items():
             notes.append(f"- {name}, {key}: skipped: {reason}")
     lines += ["", f"Published rows: {SOURCE}.", *notes]

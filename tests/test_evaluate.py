@@ -103,6 +103,9 @@ def test_outputs_add_up_and_scores_follow_the_detections(evaluated: Path):
     for key in ("share", "iou", "share_r4", "iou_r4"):
         assert 0 <= m["attention"][key] <= 1, key
     assert m["attention"]["full_image_masks"] == 0 and m["attention"]["pairs"] > 0  # exact demo masks
+    ev = eval_params(evaluated)["evaluate"]   # tiny random models: the metrics say their numbers test the code
+    assert [f.split(":")[0] for f in m["flags"]] == ["random_weights"]
+    assert ev["pretrained"] in m["flags"][0] and ev["multigen"]["detector"] in m["flags"][0]
     assert_readable_metrics(m, "evaluate")
     manifest = read_table(out / "multigen/manifest.parquet").to_pylist()
     assert len(manifest) == 3 * 2 == m["counts"]["multigen_images"]
@@ -242,7 +245,7 @@ def test_parts_can_be_switched_off(evaluated: Path, tmp_path: Path):
     write_params(ws, params)
     run_stage(ws, "stages.evaluate", "--model", "base")
     m = metrics(ws, "base")
-    assert set(m) == {"multigen", "latency_s_per_image", "skipped", "counts"}
+    assert set(m) == {"multigen", "latency_s_per_image", "skipped", "counts", "flags"}
     assert m["multigen"] == metrics(evaluated, "base")["multigen"]
     assert "Flickr30K not supplied: data/flickr30k/captions_val.json" in m["skipped"]["fid_flickr30k"]
     assert m["latency_s_per_image"] > 0 and m["counts"]["latency_images"] == m["counts"]["multigen_images"]
@@ -283,7 +286,8 @@ def test_table1_in_one_run_two_prompt_sets_flickr_fid_latency(evaluated: Path, t
     lines = table.splitlines()
     assert lines[0].startswith("| model | Object Accuracy | COCO MG2 |") and "FID (Flickr30K) | latency (s/img) |" in lines[0]
     assert "| SD 1.4 (published) | 29.86 | 90.72 ± 1.33 |" in table and "| 7.56 |" in table
-    base = next(r for r in lines if r.startswith("| base |")).split(" | ")
+    base = next(r for r in lines if r.startswith("| base (flagged) |")).split(" | ")  # tiny random models
     assert base[1] == "n/a" and f"{m['multigen_coco']['MG2']:.2f} ± {m['multigen_coco']['MG2_std']:.2f}" == base[2]
     assert base[-1] == "skipped |" and next(r for r in lines if r.startswith("| tuned |")).count("not evaluated") > 0
     assert "- base, latency_s_per_image: skipped: no image was drawn" in table
+    assert "- base: random_weights: " in table

@@ -46,6 +46,8 @@ def test_stage_builds_fid_inception_that_torchmetrics_loads(tmp_path: Path, monk
     out = tmp_path / "models/rehearsal"
     manifest = json.loads((out / "MANIFEST.json").read_text())
     assert manifest["kinds"] == ["inception"] and manifest["seed"] == 3
+    from pipeline.core.provenance import random_weight_models
+    assert random_weight_models([out / "torch", "google/owlv2-large-patch14-ensemble"]) == [str(out / "torch")]
     path = out / INCEPTION_CHECKPOINT
     first = torch.load(path, weights_only=True)
     assert first["fc.weight"].shape == (1008, 2048) and len(first) > 300

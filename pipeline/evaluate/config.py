@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -173,6 +174,22 @@ class EvaluateConfig:
         if name not in self.models:
             raise ConfigError(f"evaluate: unknown model {name!r}; evaluate.models has {sorted(self.models)}")
         return self.models[name]
+
+    def model_paths(self, name: str) -> list[str]:
+        """Every model file or folder evaluating ``name`` loads (hub ids as given).
+
+        FID's ``inception`` weights come from torch's cache: ``$TORCH_HOME`` when it is set.
+        """
+        paths = [self.pretrained, self.model_unet(name)]
+        paths += [ps.cfg.detector for ps in self.prompt_sets()]
+        if self.object_accuracy.enabled:
+            paths.append(self.object_accuracy.detector)
+        for fc in (self.fid, self.fid_flickr30k):
+            if fc is not None and fc.enabled:
+                inception = fc.features == "inception"
+                if not inception or os.environ.get("TORCH_HOME"):
+                    paths.append(os.environ["TORCH_HOME"] if inception else fc.features)
+        return paths
 
 
 def _check_detection(cfg, where: str) -> None:

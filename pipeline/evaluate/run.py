@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from pipeline.core.config import ConfigError, fingerprint
 from pipeline.core.devices import resolve_device
+from pipeline.core.provenance import random_weights_flag
 from pipeline.core.schemas import MANIFEST_SCHEMA, REJECTS_SCHEMA
 from pipeline.core.shards import World, file_digest, partial_dir
 from pipeline.core.tables import rejects_table, write_csv, write_json, write_table
@@ -307,6 +308,10 @@ def run_evaluate(cfg: EvaluateConfig, model: str) -> dict | None:
         write_figures(cfg, pipe, mg[0], out / ps.out / "images", out / "figures", ps.cfg.heatmap_prompts)
     write_table(pa.concat_tables(reject_tables).cast(REJECTS_SCHEMA), out / "rejects.parquet")
     metrics["counts"] = counts
+    flags = [f for f in (random_weights_flag(cfg.model_paths(model)),) if f]
+    for flag in flags:
+        log.warning("evaluate %s: %s", model, flag)
+    metrics["flags"] = flags
     if skipped:
         metrics["skipped"] = skipped
     write_json(metrics, out / "metrics.json")

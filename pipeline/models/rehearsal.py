@@ -22,6 +22,7 @@ the formats and layouts users download, so the paper profiles' loaders read them
                            torch-fidelity's InceptionV3 (FID) state dict, where torch-fidelity looks
                            when ``TORCH_HOME=models/rehearsal/torch`` (``make rehearsal`` sets it)
     MANIFEST.json          seed, paths, parameter counts, seconds per model
+    RANDOM_WEIGHTS.json    marks every model here as random (``pipeline.core.provenance``)
 
 Each model is built alone, written atomically (temporary name, then rename) and freed before
 the next (24 GiB machines). ``param_counts()`` counts every architecture on the ``meta``
@@ -42,6 +43,7 @@ from pathlib import Path
 import torch
 
 from pipeline.core.config import ConfigError
+from pipeline.core.provenance import write_random_weights_marker
 from pipeline.core.tables import write_json
 
 log = logging.getLogger(__name__)
@@ -413,4 +415,5 @@ def build_rehearsal_models(cfg: RehearsalModelsConfig) -> dict[str, str]:
         log.info("built %s in %.1f s -> %s", kind, seconds[kind], paths[kind])
     write_json({"seed": cfg.seed, "kinds": list(cfg.kinds), "paths": paths, "seconds": seconds},
                out / "MANIFEST.json")
+    write_random_weights_marker(out, "rehearsal_models", cfg.seed)
     return paths

@@ -22,6 +22,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.core.provenance import write_random_weights_marker
 from pipeline.core.tables import write_json
 
 log = logging.getLogger(__name__)
@@ -56,4 +57,5 @@ def build_tiny_models(cfg: DemoModelsConfig) -> dict[str, str]:
     paths["clip_vision"] = str(build_tiny_clip_vision(out / "clip-vision", cfg.seed))
     log.info("built the tiny OWLv2, OWL-ViT and CLIP vision models")
     write_json({"seed": cfg.seed, "paths": paths}, out / "MANIFEST.json")
+    write_random_weights_marker(out, "demo_models", cfg.seed)
     return paths
