@@ -11,19 +11,25 @@ Rows (one Markdown table, the card and the command above it):
 - SAM ViT-H: image encoder at 1024 px + batched box decoding of 8 boxes: images/s, masks/s.
 - SD1.4 generation, 50 steps, guidance 7.5, 512 px, batch 8, fp16: images/s.
 - OWLv2 large patch14 at 960 px, 5 queries, batch 4: images/s.
-A model whose library does not import (groundingdino-py needs transformers < 5) gives a row
-with the reason instead. Models are built from configs with random weights (speed and memory
+A model whose library does not import gives a row with the reason instead. groundingdino-py
+needs transformers < 5: with ``GPU_REPORT_GDINO_SITE`` naming a folder that holds
+transformers 4.57 (``bench/gpu_run.sh`` installs one from ``.whl/gdino``), its part runs in a
+child process with that folder first on ``PYTHONPATH``; the row's note names the version used. Models are built from configs with random weights (speed and memory
 do not depend on the values); nothing is downloaded.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
+import json
 import logging
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +37,9 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger("bench.gpu_report")
+REPO = Path(__file__).resolve().parents[1]
+#: part -> environment variable naming a site folder put first on the path of a child process
+PART_SITES = {"grounding_dino": "GPU_REPORT_GDINO_SITE"}
 
 
 def _sync(device: str) -> None:
@@ -79,8 +88,11 @@ def train_rows(device: str, quick: bool) -> list[tuple]:
 
 
 def grounding_dino_rows(device: str, quick: bool) -> list[tuple]:
+    import transformers
+
     if quick:
-        return [("Grounding DINO SwinT-OGC", "skipped", "", "--quick: the full model only")]
+        return [("Grounding DINO SwinT-OGC", "skipped", "",
+                 f"--quick: the full model only; transformers {transformers.__version__}")]
     from groundingdino.models import build_model  # noqa: F401  (ImportError -> a skip row)
     from groundingdino.util.misc import nested_tensor_from_tensor_list
     from groundingdino.util.slconfig import SLConfig
@@ -105,7 +117,7 @@ def grounding_dino_rows(device: str, quick: bool) -> list[tuple]:
     del model
     _free()
     return [("Grounding DINO SwinT-OGC, 800 x 1066 px, batch 1", f"{1 / s:.2f} images/s", f"{peak:.1f} GiB",
-             "5 phrases")]
+             f"5 phrases; transformers {transformers.__version__}")]
 
 
 def sam_rows(device: str, quick: bool) -> list[tuple]:
@@ -196,21 +208,52 @@ def owl_rows(device: str, quick: bool) -> list[tuple]:
     return [(f"{name}, {side} px, batch {batch}, 5 queries", f"{batch / s:.2f} images/s", f"{peak:.1f} GiB", "")]
 
 
+PARTS = {"train": train_rows, "grounding_dino": grounding_dino_rows, "sam": sam_rows,
+         "generation": generation_rows, "owl": owl_rows}
+
+
+def part_in_subprocess(name: str, device: str, quick: bool, site: str | Path) -> list[tuple]:
+    """Rows of part ``name`` from ``python -m bench.gpu_report --part`` with ``site`` first on its path."""
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", ""), str(REPO)) if p)
+    cmd = [sys.executable, "-m", "bench.gpu_report", "--part", name, "--device", device] + (["--quick"] if quick else [])
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} in a child process with {site} first on its path failed "
+                           f"(exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
+    return [tuple(r) for r in json.loads(proc.stdout.strip().splitlines()[-1])]
+
+
 def report(quick: bool = False, device: str | None = None) -> str:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not quick and not device.startswith("cuda"):
         raise SystemExit("the GPU report needs a GPU (use --quick on a CPU)")
     rows = []
-    for part in (train_rows, grounding_dino_rows, sam_rows, generation_rows, owl_rows):
+    for name, part in PARTS.items():
         t0 = time.perf_counter()
+        site = os.environ.get(PART_SITES.get(name, ""), "")
         try:
-            rows += part(device, quick)
+            rows += part_in_subprocess(name, device, quick, site) if site else part(device, quick)
         except Exception as e:  # a library missing on the lent machine: the row says why
-            log.warning("%s failed: %r", part.__name__, e)
-            rows.append((part.__name__.replace("_rows", ""), "skipped", "", f"{type(e).__name__}: {str(e)[:120]}"))
-        log.info("%s: %.0f s", part.__name__, time.perf_counter() - t0)
+            log.warning("%s failed: %r", name, e)
+            rows.append((name, "skipped", "", f"{type(e).__name__}: {str(e)[:120]}"))
+        log.info("%s: %.0f s", name, time.perf_counter() - t0)
     card = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU ({platform.machine()})"
     head = [f"card: {card}; torch {torch.__version__}; command: python -m bench --gpu{' --quick' if quick else ''}"
             + ("" if device.startswith("cuda") else f"; load average {os.getloadavg()[0]:.2f}"),
             "", "| what | speed | peak memory | note |", "|---|---:|---:|---|"]
     return "\n".join(head + [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """One part, its rows as JSON on the last line of stdout (the child of ``part_in_subprocess``)."""
+    p = argparse.ArgumentParser(description="one part of the GPU report, rows as JSON")
+    p.add_argument("--part", required=True, choices=sorted(PARTS))
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    print(json.dumps(PARTS[args.part](args.device, args.quick)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Wheels for the GPU report on a lent GPU machine (Python 3.12, torch 2.11, transformers 5,
 # no diffusers / groundingdino-py / segment-anything, no network). Run here, once:
-#     bash bench/gpu_wheels.sh            # -> .whl/ (gitignored), about 5 MiB
+#     bash bench/gpu_wheels.sh            # -> .whl/ (gitignored), about 24 MiB
 # then on the GPU machine, from the repo root, with .whl carried along:
 #     bash bench/gpu_run.sh               # installs them into /tmp/site, prints the report
 set -euo pipefail
@@ -22,4 +22,10 @@ done
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PY" --implementation cp \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
     -d .whl pycocotools==2.0.11
-du -sh .whl && ls .whl
+# groundingdino-py needs transformers < 5 (the machine has 5.x, tokenizers 0.23, huggingface_hub 1.x):
+# a second site for the report's Grounding DINO child process (GPU_REPORT_GDINO_SITE)
+mkdir -p .whl/gdino
+python3 -m pip download -q --no-deps -d .whl/gdino transformers==4.57.6 huggingface_hub==0.36.2
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PY" --implementation cp \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl/gdino tokenizers==0.22.2
+du -sh .whl && ls .whl .whl/gdino

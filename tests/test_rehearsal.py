@@ -97,3 +97,19 @@ def test_gpu_report_quick_runs_on_the_cpu():
     assert any(ln.startswith("| tiny SD generation") and "images/s" in ln for ln in lines)
     assert any(ln.startswith("| OWLv2 tiny") and "images/s" in ln for ln in lines)
     assert "command: python -m bench --gpu --quick" in table
+
+
+def test_gpu_report_part_runs_in_a_child_process_with_its_site_first_on_the_path(tmp_path: Path, monkeypatch):
+    """How the Grounding DINO part gets transformers < 5 on the GPU machine (GPU_REPORT_GDINO_SITE)."""
+    from bench.gpu_report import part_in_subprocess, report
+
+    site = tmp_path / "site"
+    (site / "transformers").mkdir(parents=True)   # a folder that shadows the installed transformers
+    (site / "transformers" / "__init__.py").write_text('__version__ = "0.0-site"\n')
+    rows = part_in_subprocess("grounding_dino", "cpu", True, site)
+    assert rows == [("Grounding DINO SwinT-OGC", "skipped", "", "--quick: the full model only; transformers 0.0-site")]
+    monkeypatch.setenv("GPU_REPORT_GDINO_SITE", str(site))
+    monkeypatch.setattr("bench.gpu_report.PARTS", {"grounding_dino": lambda *a: [("in-process", "", "", "")]})
+    assert "transformers 0.0-site" in report(quick=True, device="cpu")
+    with pytest.raises(RuntimeError, match="failed \\(exit 2\\)"):
+        part_in_subprocess("no_such_part", "cpu", True, site)
