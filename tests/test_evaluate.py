@@ -104,7 +104,7 @@ def test_outputs_add_up_and_scores_follow_the_detections(evaluated: Path):
         assert 0 <= m["attention"][key] <= 1, key
     assert m["attention"]["full_image_masks"] == 0 and m["attention"]["pairs"] > 0  # exact demo masks
     ev = eval_params(evaluated)["evaluate"]   # tiny random models: the metrics say their numbers test the code
-    assert [f.split(":")[0] for f in m["flags"]] == ["random_weights"]
+    assert [f.split(":")[0] for f in m["flags"]] == ["random_weights"] and m["flagged"] == 1
     assert ev["pretrained"] in m["flags"][0] and ev["multigen"]["detector"] in m["flags"][0]
     assert_readable_metrics(m, "evaluate")
     manifest = read_table(out / "multigen/manifest.parquet").to_pylist()
@@ -245,7 +245,7 @@ def test_parts_can_be_switched_off(evaluated: Path, tmp_path: Path):
     write_params(ws, params)
     run_stage(ws, "stages.evaluate", "--model", "base")
     m = metrics(ws, "base")
-    assert set(m) == {"multigen", "latency_s_per_image", "skipped", "counts", "flags"}
+    assert set(m) == {"multigen", "latency_s_per_image", "skipped", "counts", "flags", "flagged"}
     assert m["multigen"] == metrics(evaluated, "base")["multigen"]
     assert "Flickr30K not supplied: data/flickr30k/captions_val.json" in m["skipped"]["fid_flickr30k"]
     assert m["latency_s_per_image"] > 0 and m["counts"]["latency_images"] == m["counts"]["multigen_images"]

@@ -101,7 +101,7 @@ def test_writes_unet_checkpoints_curves_heatmaps_and_loads_into_the_pipeline(tra
         assert 0 < summary[key] < 1, key
     # the demo's tiny SD has random weights (demo_models marks it): the summary says so
     assert [f.split(":")[0] for f in summary["flags"]] == ["random_weights"] and "models/tiny/sd" in summary["flags"][0]
-    assert summary["full_image_masks"] == 0
+    assert summary["full_image_masks"] == 0 and summary["flagged"] == 1
     assert_readable_metrics(summary, "train")
     heldout = (out / "dvclive/plots/metrics/heldout/attention_share.tsv").read_text().splitlines()
     assert [int(r.split("\t")[0]) for r in heldout[1:]] == [0, 3, 6]  # 0: the pretrained UNet

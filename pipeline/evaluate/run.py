@@ -312,6 +312,7 @@ def run_evaluate(cfg: EvaluateConfig, model: str) -> dict | None:
     for flag in flags:
         log.warning("evaluate %s: %s", model, flag)
     metrics["flags"] = flags
+    metrics["flagged"] = len(flags)  # a number, so `dvc metrics show` / `dvc exp show` list it
     if skipped:
         metrics["skipped"] = skipped
     write_json(metrics, out / "metrics.json")

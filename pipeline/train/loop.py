@@ -350,6 +350,7 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
         **data_summary,
         "flags": _flags(cfg, data_summary, heldout, heldout_nouns),
     }
+    summary["flagged"] = len(summary["flags"])  # a number, so `dvc metrics show` / `dvc exp show` list it
     logger.finish(summary, rejects)
     log.info("trained %d steps in %.1f s", cfg.max_train_steps - start_step, time.perf_counter() - t0)
     return summary
