@@ -237,6 +237,9 @@ def run_evaluate(cfg: EvaluateConfig, model: str) -> dict | None:
     t0 = time.perf_counter()
     # every model file, input and count is checked before anything is generated
     check_sd_architecture(cfg.pretrained, cfg.expect, (unet,))
+    flags = [f for f in (random_weights_flag(cfg.model_paths(model)),) if f]
+    for flag in flags:  # said before the work, recorded in metrics.json after it
+        log.warning("evaluate %s: %s", model, flag)
     benches, rejects = benchmarks(cfg)
     sets = {ps.bench: ps for ps in cfg.prompt_sets()}
     fid_selected = fid_items(cfg) if cfg.fid.enabled else None
@@ -308,9 +311,6 @@ def run_evaluate(cfg: EvaluateConfig, model: str) -> dict | None:
         write_figures(cfg, pipe, mg[0], out / ps.out / "images", out / "figures", ps.cfg.heatmap_prompts)
     write_table(pa.concat_tables(reject_tables).cast(REJECTS_SCHEMA), out / "rejects.parquet")
     metrics["counts"] = counts
-    flags = [f for f in (random_weights_flag(cfg.model_paths(model)),) if f]
-    for flag in flags:
-        log.warning("evaluate %s: %s", model, flag)
     metrics["flags"] = flags
     metrics["flagged"] = len(flags)  # a number, so `dvc metrics show` / `dvc exp show` list it
     if skipped:
