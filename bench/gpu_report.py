@@ -14,8 +14,9 @@ Rows (one Markdown table, the card and the command above it):
 A model whose library does not import gives a row with the reason instead. groundingdino-py
 needs transformers < 5: with ``GPU_REPORT_GDINO_SITE`` naming a folder that holds
 transformers 4.57 (``bench/gpu_run.sh`` installs one from ``.whl/gdino``), its part runs in a
-child process with that folder first on ``PYTHONPATH``; the row's note names the version used. Models are built from configs with random weights (speed and memory
-do not depend on the values); nothing is downloaded.
+child process with that folder first on ``PYTHONPATH``; the row's note names the version used.
+Models are built from configs with random weights (speed and memory do not depend on the
+values); nothing is downloaded.
 """
 
 from __future__ import annotations

@@ -8,25 +8,19 @@ id, or a local path with no marker above it, is taken as released weights.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Iterable
+
+from pipeline.core.tables import write_json
 
 MARKER = "RANDOM_WEIGHTS.json"
 
 
 def write_random_weights_marker(root: str | Path, builder: str, seed: int) -> Path:
     """Mark every model under ``root`` as built with seeded random weights by ``builder``."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / MARKER
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"builder": builder, "seed": seed,
-                               "note": "random weights: numbers measured with these models test the code, "
-                                       "not a model"}, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json({"builder": builder, "seed": seed,
+                       "note": "random weights: numbers measured with these models test the code, not a model"},
+                      Path(root) / MARKER)
 
 
 def random_weights_root(path: str | Path | None) -> Path | None:
@@ -49,10 +43,10 @@ def random_weight_models(paths: Iterable[str | Path | None]) -> list[str]:
     return out
 
 
-def random_weights_flag(paths: Iterable[str | Path | None]) -> str | None:
-    """A flag for a summary when any of ``paths`` has random weights; None when none has."""
+def random_weights_flags(paths: Iterable[str | Path | None]) -> list[str]:
+    """A summary's flag naming the ``paths`` that have random weights; [] when none has."""
     found = random_weight_models(paths)
     if not found:
-        return None
-    return (f"random_weights: {', '.join(found)} carry seeded random weights (built by demo_models or "
-            f"rehearsal_models): the numbers test the pipeline, not a model")
+        return []
+    return [f"random_weights: {', '.join(found)} carry seeded random weights (built by demo_models or "
+            f"rehearsal_models): the numbers test the pipeline, not a model"]

@@ -175,20 +175,17 @@ class EvaluateConfig:
             raise ConfigError(f"evaluate: unknown model {name!r}; evaluate.models has {sorted(self.models)}")
         return self.models[name]
 
-    def model_paths(self, name: str) -> list[str]:
+    def model_paths(self, name: str) -> list[str | None]:
         """Every model file or folder evaluating ``name`` loads (hub ids as given).
 
-        FID's ``inception`` weights come from torch's cache: ``$TORCH_HOME`` when it is set.
+        FID's ``inception`` weights come from torch's cache: ``$TORCH_HOME`` (None when unset).
         """
         paths = [self.pretrained, self.model_unet(name)]
         paths += [ps.cfg.detector for ps in self.prompt_sets()]
         if self.object_accuracy.enabled:
             paths.append(self.object_accuracy.detector)
-        for fc in (self.fid, self.fid_flickr30k):
-            if fc is not None and fc.enabled:
-                inception = fc.features == "inception"
-                if not inception or os.environ.get("TORCH_HOME"):
-                    paths.append(os.environ["TORCH_HOME"] if inception else fc.features)
+        paths += [os.environ.get("TORCH_HOME") if fc.features == "inception" else fc.features
+                  for fc in (self.fid, self.fid_flickr30k) if fc is not None and fc.enabled]
         return paths
 
 

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from pipeline.core.config import ConfigError, fingerprint
 from pipeline.core.devices import resolve_device
-from pipeline.core.provenance import random_weights_flag
+from pipeline.core.provenance import random_weights_flags
 from pipeline.core.schemas import MANIFEST_SCHEMA, REJECTS_SCHEMA
 from pipeline.core.shards import World, file_digest, partial_dir
 from pipeline.core.tables import rejects_table, write_csv, write_json, write_table
@@ -237,7 +237,7 @@ def run_evaluate(cfg: EvaluateConfig, model: str) -> dict | None:
     t0 = time.perf_counter()
     # every model file, input and count is checked before anything is generated
     check_sd_architecture(cfg.pretrained, cfg.expect, (unet,))
-    flags = [f for f in (random_weights_flag(cfg.model_paths(model)),) if f]
+    flags = random_weights_flags(cfg.model_paths(model))
     for flag in flags:  # said before the work, recorded in metrics.json after it
         log.warning("evaluate %s: %s", model, flag)
     benches, rejects = benchmarks(cfg)

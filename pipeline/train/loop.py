@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from pipeline.core.code import code_digest
 from pipeline.core.config import ConfigError, fingerprint
 from pipeline.core.devices import resolve_device
-from pipeline.core.provenance import random_weights_flag
+from pipeline.core.provenance import random_weights_flags
 from pipeline.core.shards import inputs_digest
 from pipeline.core.tables import read_table
 from pipeline.models.stable_diffusion import (
@@ -365,7 +365,7 @@ def _heldout_grounding(cfg, unet, vae, text_encoder, heldout_set, scheduler) -> 
 
 def _flags(cfg: TrainConfig, data: dict, heldout: list, heldout_nouns: int) -> list[str]:
     """Why the run's grounding numbers cannot be read as success; empty when there is nothing to flag."""
-    flags = [f for f in (random_weights_flag([cfg.pretrained]),) if f]
+    flags = random_weights_flags([cfg.pretrained])
     if data["supervised_nouns"] == 0 and (cfg.lambda_token > 0 or cfg.gamma_pixel > 0):
         flags.append("no_supervised_nouns: L_token and L_pixel were 0 throughout")
     if heldout and heldout_nouns == 0:
