@@ -235,7 +235,7 @@ def run_mode(mode: str, model: str = "small", steps: int = 10, checkpointing: bo
     """Time ``steps`` training steps of one mode after a warm-up step; peak memory; a dict."""
     from pipeline.core.devices import resolve_device
     from pipeline.train.attention import AttentionCapture
-    from pipeline.train.loop import ldm_loss_per_example
+    from pipeline.train.step import ldm_loss_per_example
     from pipeline.train.losses import grounding_losses, total_loss
 
     if mode not in MODES + EXTRA_MODES:

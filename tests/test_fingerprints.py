@@ -12,7 +12,9 @@ from pipeline.core.shards import inputs_digest
 from pipeline.core.tables import write_table
 from pipeline.data.ground import GroundConfig, ground_fingerprint
 from pipeline.data.segment import SegmentConfig, segment_fingerprint
-from pipeline.train.loop import TrainConfig, run_fingerprint
+from pipeline.train.config import TrainConfig
+from pipeline.train.runs import RunIdentity
+from pipeline.train.setup import data_digest
 
 
 def _flip_last_byte(path: Path) -> None:
@@ -58,7 +60,7 @@ def _keys(inputs: dict) -> dict[str, str]:
     return {
         "ground": ground_fingerprint(ground, inputs["captions"], inputs["nouns"], images),
         "segment": segment_fingerprint(segment, inputs["captions"], inputs["nouns"], images),
-        "train": run_fingerprint(train, inputs["captions"], inputs["nouns"]),
+        "train": RunIdentity.of(train, data_digest(train, inputs["captions"], inputs["nouns"]), "code").key,
     }
 
 

@@ -151,9 +151,9 @@ def test_rehearsal_profile_differs_from_the_paper_only_in_paths_and_counts(varia
     assert _forbidden_differences(rehearsal, paper) == []
     t, p = rehearsal["train"], paper["train"]
     for key in ("resolution", "attn_blocks", "lambda_token", "gamma_pixel", "loss_mode", "learning_rate",
-                "mixed_precision", "train_batch_size", "gradient_accumulation_steps"):
+                "mixed_precision", "global_batch_size", "train_batch_size"):
         assert t[key] == p[key], key
-    assert t["gradient_accumulation_steps"] == 4 and t["max_train_steps"] >= 2
+    assert t["global_batch_size"] == 4 and t["max_train_steps"] >= 2
     assert rehearsal["ground"]["box_threshold"] == paper["ground"]["box_threshold"]
     assert f"models/rehearsal/{variant}" == t["pretrained"] == rehearsal["evaluate"]["pretrained"]
     assert variant in rehearsal["rehearsal_models"]["kinds"]

@@ -100,7 +100,7 @@ def test_a_stage_checks_its_own_counts_only(no_data):
 def test_evaluation_may_hold_out_every_image_and_picks_what_train_holds_out():
     from types import SimpleNamespace
 
-    from pipeline.train.loop import split_holdout
+    from pipeline.train.holdout import split_holdout
 
     examples = [SimpleNamespace(image_id=i // 2) for i in range(6)]  # 3 images, 2 captions each
     _, train_held = split_holdout(examples, 1, seed=7)

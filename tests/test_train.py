@@ -24,8 +24,8 @@ from stagerun import ENV, HANG_TIMEOUT_S, assert_readable_metrics, run_stage
 TRAIN = {
     "masks": "data/reference_masks/masks",
     "max_train_steps": 6,
+    "global_batch_size": 2,
     "train_batch_size": 2,
-    "gradient_accumulation_steps": 1,
     "checkpointing_steps": 2,
     "checkpoints_total_limit": 2,
     "heatmap_steps": 3,
@@ -57,6 +57,17 @@ def unet_state(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path / "diffusion_pytorch_model.safetensors"))
+
+
+def run_dir(ws: Path) -> Path:
+    """The one run folder under the workspace's checkpoints."""
+    folders = [p for p in (ws / "data/train/checkpoints").iterdir() if p.is_dir()]
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
+def all_files(ws: Path) -> set[Path]:
+    return {p.relative_to(ws) for p in (ws / "data/train/checkpoints").rglob("*") if p.is_file()}
 
 
 def assert_same_weights(a: Path, b: Path, atol: float = 1e-6) -> None:
@@ -92,7 +103,8 @@ def trained(train_ws: Path, tmp_path_factory) -> Path:
 def test_writes_unet_checkpoints_curves_heatmaps_and_loads_into_the_pipeline(trained: Path, train_ws: Path):
     out = trained / "data/train"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 6 and summary["global_batch"] == 2
+    assert summary["steps"] == 6 and summary["global_batch"] == 2 and summary["accumulation"] == 1
+    assert summary["side_work_errors"] == [] and summary["resumed_across_code_change"] is None
     assert summary["attention_resolutions"] == [4, 8, 16]
     assert summary["captions"] == summary["examples"] + summary["rejected"]
     assert summary["heldout_examples"] > 0 and summary["heldout_supervised_nouns"] > 0
@@ -106,7 +118,8 @@ def test_writes_unet_checkpoints_curves_heatmaps_and_loads_into_the_pipeline(tra
     heldout = (out / "dvclive/plots/metrics/heldout/attention_share.tsv").read_text().splitlines()
     assert [int(r.split("\t")[0]) for r in heldout[1:]] == [0, 3, 6]  # 0: the pretrained UNet
     assert float(heldout[1].split("\t")[1]) == pytest.approx(summary["base_heldout_attention_share"])
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000004", "step-000006"]
+    assert sorted(p.name for p in run_dir(trained).iterdir()) == ["step-000004", "step-000006"]
+    assert run_dir(trained).name == summary["run"] and len(summary["run"]) == 16
     total = (out / "dvclive/plots/metrics/loss/total.tsv").read_text().splitlines()
     assert [int(r.split("\t")[0]) for r in total[1:]] == [1, 2, 3, 4, 5, 6]
     for group in (4, 8, 16):
@@ -130,9 +143,8 @@ def test_writes_unet_checkpoints_curves_heatmaps_and_loads_into_the_pipeline(tra
 def test_kill_9_then_rerun_resumes_to_the_same_weights(train_ws: Path, trained: Path, tmp_path: Path):
     ws = make_train_ws(train_ws, tmp_path / "ws", checkpointing_steps=1, checkpoints_total_limit=2)
     proc = subprocess.Popen([sys.executable, "-m", "stages.train", "--params", "params.yaml"], cwd=ws, env=ENV)
-    first = ws / "data/train/checkpoints/step-000002"
     deadline = time.time() + HANG_TIMEOUT_S
-    while time.time() < deadline and not first.exists():
+    while time.time() < deadline and not list((ws / "data/train/checkpoints").glob("*/step-000002")):
         assert proc.poll() is None, "training finished before it could be killed"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -145,20 +157,47 @@ def test_kill_9_then_rerun_resumes_to_the_same_weights(train_ws: Path, trained: 
     assert [int(r.split("\t")[0]) for r in total[1:]] == [1, 2, 3, 4, 5, 6]
 
 
+LAUNCH_2 = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519",
+            "-m"]
+
+
+def _heldout_curve(ws: Path) -> dict[int, float]:
+    rows = (ws / "data/train/dvclive/plots/metrics/heldout/attention_share.tsv").read_text().splitlines()[1:]
+    return {int(r.split("\t")[0]): float(r.split("\t")[1]) for r in rows}
+
+
 @pytest.mark.slow
-def test_two_processes_equal_one_process_with_the_same_global_batch(train_ws: Path, trained: Path, tmp_path: Path):
-    ws = make_train_ws(train_ws, tmp_path / "ws", train_batch_size=1)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", "29519", "-m"]
-    run_stage(ws, "stages.train", launcher=launch)
+def test_two_processes_with_heatmaps_and_heldout_at_step_1_equal_one_process(train_ws: Path, trained: Path,
+                                                                            tmp_path: Path):
+    """Held-out grounding split over the processes and gathered; heatmaps drawn from both processes' rows."""
+    ws = make_train_ws(train_ws, tmp_path / "ws", train_batch_size=1, heatmap_steps=1)
+    run_stage(ws, "stages.train", launcher=LAUNCH_2)
     summary = json.loads((ws / "data/train/summary.json").read_text())
-    assert summary["processes"] == 2 and summary["global_batch"] == 2
+    assert summary["processes"] == 2 and summary["global_batch"] == 2 and summary["side_work_errors"] == []
+    assert_same_training(ws / "data/train/unet", trained / "data/train/unet", train_ws / "models/tiny/sd/unet")
+    two, one = _heldout_curve(ws), _heldout_curve(trained)
+    assert sorted(two) == list(range(7))
+    assert all(two[s] == pytest.approx(one[s], rel=1e-3) for s in one), (two, one)
+    assert len(list((ws / "data/train/dvclive/plots/images/attention").glob("*.png"))) == 6
+
+
+@pytest.mark.slow
+def test_one_process_to_a_checkpoint_then_two_processes_equal_one_process_throughout(
+        train_ws: Path, trained: Path, tmp_path: Path):
+    ws = make_train_ws(train_ws, tmp_path / "ws", max_train_steps=3)
+    run_stage(ws, "stages.train")
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["train"].update(max_train_steps=6, train_batch_size=1)  # the same global batch of 2
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_stage(ws, "stages.train", launcher=LAUNCH_2)
+    summary = json.loads((ws / "data/train/summary.json").read_text())
+    assert summary["processes"] == 2 and summary["resumed_from_step"] == 3 and summary["accumulation"] == 1
     assert_same_training(ws / "data/train/unet", trained / "data/train/unet", train_ws / "models/tiny/sd/unet")
 
 
 def test_gradient_accumulation_equals_a_larger_batch(train_ws: Path, trained: Path, tmp_path: Path):
-    ws = make_train_ws(train_ws, tmp_path / "ws", train_batch_size=1, gradient_accumulation_steps=2)
+    ws = make_train_ws(train_ws, tmp_path / "ws", train_batch_size=1)
     run_stage(ws, "stages.train")
     assert_same_training(ws / "data/train/unet", trained / "data/train/unet", train_ws / "models/tiny/sd/unet")
 
@@ -171,26 +210,84 @@ def test_a_diverging_run_stops_naming_step_and_examples_and_keeps_the_last_good_
     assert proc.returncode != 0
     assert "TrainingDiverged" in proc.stderr and "non-finite loss" in proc.stderr
     assert "at step 2 on caption ids [" in proc.stderr
-    assert "last good checkpoint: data/train/checkpoints/step-000001" in proc.stderr
-    assert [p.name for p in (ws / "data/train/checkpoints").iterdir()] == ["step-000001"]
+    assert f"last good checkpoint: data/train/checkpoints/{run_dir(ws).name}/step-000001" in proc.stderr
+    assert [p.name for p in run_dir(ws).iterdir()] == ["step-000001"]
     assert not (ws / "data/train/unet").exists()
 
 
-def test_bf16_mixed_precision_trains(train_ws: Path, tmp_path: Path):
-    ws = make_train_ws(train_ws, tmp_path / "ws", mixed_precision="bf16", max_train_steps=2, heatmap_steps=2)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_two_steps_with_heatmaps_heldout_grounding_and_a_checkpoint_at_step_1(train_ws: Path, tmp_path: Path,
+                                                                             precision: str):
+    """Side work after the checkpoint of its step, in fp32 and bf16: pictures, held-out values, checkpoints."""
+    ws = make_train_ws(train_ws, tmp_path / "ws", mixed_precision=precision, max_train_steps=2, heatmap_steps=1,
+                       checkpointing_steps=1)
+    run_stage(ws, "stages.train")
+    out = ws / "data/train"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["side_work_errors"] == []
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in summary.items() if k.startswith("final_"))
+    assert [p.name for p in sorted((out / "dvclive/plots/images/attention").glob("*.png"))] == [
+        "step-000001.png", "step-000002.png"]
+    heldout = (out / "dvclive/plots/metrics/heldout/attention_share.tsv").read_text().splitlines()
+    assert [int(r.split("\t")[0]) for r in heldout[1:]] == [0, 1, 2]
+    assert sorted(p.name for p in run_dir(ws).iterdir()) == ["step-000001", "step-000002"]
+    # the held-out values of a step reach its checkpoint although they are measured after it
+    state = json.loads((run_dir(ws) / "step-000001/state.json").read_text())
+    assert 0 < state["last"]["heldout_attention_share"] < 1 and state["settings"]["mixed_precision"] == precision
+
+
+def _resume_with(trained: Path, ws: Path, *args: str, **train) -> tuple[dict, set[Path], str]:
+    """Copy the trained workspace's checkpoints into a new workspace with other settings and run it."""
+    shutil.copytree(trained / "data/train/checkpoints", ws / "data/train/checkpoints")
+    before = all_files(ws)
+    out = run_stage(ws, "stages.train", "--log-level", "INFO", *args)
+    summary = json.loads((ws / "data/train/summary.json").read_text()) if not args else {}
+    assert before <= all_files(ws), f"checkpoint files removed: {before - all_files(ws)}"
+    return summary, before, out.stderr
+
+
+def test_other_settings_train_beside_the_old_checkpoints_and_delete_none(trained: Path, tmp_path: Path,
+                                                                         train_ws: Path):
+    ws = make_train_ws(train_ws, tmp_path / "ws", lambda_token=0.0, gamma_pixel=0.0)
+    summary, _, log = _resume_with(trained, ws)
+    assert "resuming from" not in log and "lambda_token: 1.0 -> 0.0" in log
+    assert summary["resumed_from_step"] == 0 and summary["final_token"] == 0.0 and summary["other_runs_kept"] == 1
+    assert len([p for p in (ws / "data/train/checkpoints").iterdir()]) == 2
+    # only when asked: --prune-other-runs removes the other run, and nothing of this one
+    mine = {p for p in all_files(ws) if p.parts[3] == summary["run"]}
+    out = run_stage(ws, "stages.train", "--prune-other-runs")
+    assert all_files(ws) == mine and summary["run"] in out.stdout
+
+
+def test_a_code_change_alone_resumes_and_says_so(trained: Path, tmp_path: Path, train_ws: Path):
+    ws = make_train_ws(train_ws, tmp_path / "ws", max_train_steps=7)
+    shutil.copytree(trained / "data/train/checkpoints", ws / "data/train/checkpoints")
+    newest = run_dir(ws) / "step-000006/state.json"
+    state = json.loads(newest.read_text())
+    current, state["code_digest"] = state["code_digest"], "0" * 16  # as written by other code
+    newest.write_text(json.dumps(state))
+    before = all_files(ws)
     run_stage(ws, "stages.train")
     summary = json.loads((ws / "data/train/summary.json").read_text())
-    assert all(torch.isfinite(torch.tensor(v)) for k, v in summary.items() if k.startswith("final_"))
+    assert summary["resumed_from_step"] == 6
+    assert summary["resumed_across_code_change"] == {"from": "0" * 16, "to": current}
+    assert before - {p for p in before if "step-000004" in str(p)} <= all_files(ws)  # step 4: rotated (limit 2)
 
 
-def test_other_settings_never_resume_from_old_checkpoints(trained: Path, tmp_path: Path, train_ws: Path):
-    ws = make_train_ws(train_ws, tmp_path / "ws", lambda_token=0.0, gamma_pixel=0.0)
-    shutil.copytree(trained / "data/train/checkpoints", ws / "data/train/checkpoints")
-    out = run_stage(ws, "stages.train", "--log-level", "INFO")
-    assert "resuming from" not in out.stderr
-    assert "removing checkpoint of other settings" in out.stderr
-    summary = json.loads((ws / "data/train/summary.json").read_text())
-    assert summary["resumed_from_step"] == 0 and summary["final_token"] == 0.0
+def test_resume_never_starts_afresh_beside_the_old_run(trained: Path, tmp_path: Path, train_ws: Path):
+    ws = make_train_ws(train_ws, tmp_path / "ws", resume="never", max_train_steps=1, checkpointing_steps=1)
+    summary, _, _ = _resume_with(trained, ws)
+    assert summary["resumed_from_step"] == 0
+    key = summary["run"].split(".")[0]
+    assert sorted(p.name for p in (ws / "data/train/checkpoints").iterdir()) == [key, key + ".1"]
+    assert summary["run"].endswith(".1")
+
+
+def test_a_global_batch_the_processes_cannot_make_stops_before_any_work(train_ws: Path, tmp_path: Path):
+    ws = make_train_ws(train_ws, tmp_path / "ws", global_batch_size=3)
+    proc = run_stage(ws, "stages.train", check=False)
+    assert proc.returncode != 0 and "global_batch_size=3 is not a multiple of train.train_batch_size=2" in proc.stderr
+    assert not (ws / "data/train").exists()
 
 
 @pytest.mark.slow
@@ -253,10 +350,10 @@ def test_dataloader_workers_give_the_same_training_and_a_resume_without_optimize
     assert curves[0] == curves[1] and len(curves[0].splitlines()) == 3
     assert_same_weights(runs[0] / "data/train/unet", runs[2] / "data/train/unet", atol=0.0)
     # train.checkpoint_optimizer: false keeps the UNet only; a resume restarts AdamW and says so
-    ckpt = runs[2] / "data/train/checkpoints/step-000002"
+    ckpt = run_dir(runs[2]) / "step-000002"
     assert (ckpt / "unet/diffusion_pytorch_model.safetensors").is_file()
     assert not (ckpt / "optimizer.safetensors").exists()
-    assert (runs[0] / "data/train/checkpoints/step-000002/optimizer.safetensors").is_file()
+    assert (run_dir(runs[0]) / "step-000002/optimizer.safetensors").is_file()
     params = yaml.safe_load((runs[2] / "params.yaml").read_text())
     params["train"]["max_train_steps"] = 3
     (runs[2] / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

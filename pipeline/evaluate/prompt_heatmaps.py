@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.train.attention import AttentionCapture
+from pipeline.train.attention import AttentionCapture, average_maps
 from pipeline.train.heatmaps import CELL, colormap, noun_heatmap
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,10 @@ def generation_attention(pipe, prompt: str, seed: int, steps: int, guidance: flo
 
     def on_step_end(p, i, t, callback_kwargs):
         nonlocal calls
-        for r, layers in capture.groups().items():
-            probs = torch.stack([m.detach().float() for m in layers])  # (layers, B, heads, Q, S)
+        for r, probs in average_maps(capture.groups()).items():  # (B, Q, S)
             if p.do_classifier_free_guidance:
-                probs = probs[:, probs.shape[1] // 2:]
-            mean = probs.mean(dim=(0, 1, 2)).cpu()  # (Q, S)
+                probs = probs[probs.shape[0] // 2:]
+            mean = probs.mean(0).cpu()  # (Q, S)
             sums[r] = sums[r] + mean if r in sums else mean
         capture.clear()
         calls += 1

@@ -156,7 +156,7 @@ def run_attention(cfg: EvaluateConfig, pipe) -> dict:
     from pipeline.train.attention import layer_resolutions
     from pipeline.train.attention_metrics import evaluate_grounding
     from pipeline.train.dataset import MaskCoverage, TokenComposeDataset, build_examples
-    from pipeline.train.loop import split_holdout
+    from pipeline.train.holdout import split_holdout
 
     a = cfg.attention
     latent = a.resolution // vae_scale_factor(pipe.vae)

@@ -383,3 +383,18 @@ class AttentionCapture:
         for m in self.maps:
             out.setdefault(m.resolution, []).append(m.probs)
         return out
+
+
+def average_maps(groups: dict[int, list[torch.Tensor]], device: torch.device | str | None = None
+                 ) -> dict[int, torch.Tensor]:
+    """``{r: [(B, heads, r*r, S) per layer]}`` -> ``{r: (B, r*r, S)}`` float32, heads then layers averaged.
+
+    The one place maps are averaged for pictures and metrics (train heatmaps, held-out
+    grounding, evaluate's prompt heatmaps). Detached; moved to ``device`` when given (``"cpu"``
+    for anything that goes on to NumPy or PIL), else left where the UNet ran.
+    """
+    out = {}
+    for r, layers in groups.items():
+        mean = torch.stack([m.detach().float().mean(1) for m in layers]).mean(0)
+        out[r] = mean if device is None else mean.to(device)
+    return out

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 
 import torch
 from einops import rearrange
 
-from pipeline.train.attention import AttentionCapture
+from pipeline.train.attention import AttentionCapture, average_maps
 from pipeline.train.dataset import collate
 
 log = logging.getLogger(__name__)
@@ -99,11 +100,52 @@ def attention_iou(maps: dict[int, torch.Tensor], masks: dict[int, torch.Tensor],
     return out
 
 
-def _add(totals: dict[int, list], scores: dict[int, tuple[float, int]]) -> None:
-    for r, (s, n) in scores.items():
-        acc = totals.setdefault(r, [0.0, 0])
-        acc[0] += s
-        acc[1] += n
+@dataclass
+class GroundingTotals:
+    """Sums and counts behind the grounding means: ``{r: [sum, pairs]}`` for share and IoU.
+
+    Totals of disjoint example sets add up (:meth:`merge`, or a sum over processes of
+    :meth:`to_tensor`), so the held-out set can be split over processes and reduced.
+    """
+
+    shares: dict[int, list] = field(default_factory=dict)
+    ious: dict[int, list] = field(default_factory=dict)
+    pairs: int = 0
+
+    def add(self, shares: dict[int, tuple[float, int]], ious: dict[int, tuple[float, int]], pairs: int) -> None:
+        for totals, scores in ((self.shares, shares), (self.ious, ious)):
+            for r, (s, n) in scores.items():
+                acc = totals.setdefault(r, [0.0, 0])
+                acc[0] += s
+                acc[1] += n
+        self.pairs += pairs
+
+    def to_tensor(self, resolutions: list[int]) -> torch.Tensor:
+        """``(4 * len(resolutions) + 1,)`` float64: share sum, share count, IoU sum, IoU count per r; pairs."""
+        values = []
+        for r in resolutions:
+            values += [*self.shares.get(r, [0.0, 0]), *self.ious.get(r, [0.0, 0])]
+        return torch.tensor(values + [self.pairs], dtype=torch.float64)
+
+    @classmethod
+    def from_tensor(cls, t: torch.Tensor, resolutions: list[int]) -> GroundingTotals:
+        v = t.cpu().tolist()
+        out = cls(pairs=int(v[-1]))
+        for i, r in enumerate(resolutions):
+            s_sum, s_n, i_sum, i_n = v[4 * i: 4 * i + 4]
+            if s_n:
+                out.shares[r] = [s_sum, int(s_n)]
+            if i_n or s_n:
+                out.ious[r] = [i_sum, int(i_n)]
+        return out
+
+    def means(self) -> dict[str, float]:
+        """``{"share_r<r>", "iou_r<r>"}`` per group, ``"share"``/``"iou"`` pair-weighted, ``"pairs"``."""
+        skipped = {r: self.shares[r][1] - self.ious[r][1] for r in self.shares
+                   if r in self.ious and self.shares[r][1] != self.ious[r][1]}
+        if skipped:
+            log.info("attention IoU: skipped pairs whose mask is empty at that resolution: %s", skipped)
+        return {**_means("share", self.shares), **_means("iou", self.ious), "pairs": self.pairs}
 
 
 def _means(prefix: str, totals: dict[int, list]) -> dict[str, float]:
@@ -121,6 +163,38 @@ def eval_noise(shape: torch.Size, seed: int, idx: int, t: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def grounding_totals(unet, vae, text_encoder, dataset, indices: list[int], blocks=("mid", "up"),
+                     timesteps: tuple[int, ...] = (200, 500, 800), seed: int = 0, scheduler=None,
+                     iou_threshold: float = 0.5) -> GroundingTotals:
+    """Share and IoU sums over ``indices`` of ``dataset`` (see :func:`evaluate_grounding`)."""
+    device, dtype = unet.device, unet.dtype
+    was_training = unet.training
+    unet.eval()
+    totals = GroundingTotals()
+    try:
+        with AttentionCapture(unet, blocks=blocks) as capture:
+            for idx in indices:
+                batch = collate([dataset[idx]])
+                if not batch["noun_valid"].any():
+                    continue
+                latents = vae.encode(batch["pixel_values"].to(device, vae.dtype)).latent_dist.mean
+                latents = latents.float() * vae.config.scaling_factor
+                text = text_encoder(batch["input_ids"].to(device))[0].to(dtype)
+                for t in timesteps:
+                    noise = eval_noise(latents.shape, seed, idx, t).to(device)
+                    tt = torch.tensor([t], device=device)
+                    noisy = scheduler.add_noise(latents, noise, tt) if scheduler is not None else latents + noise
+                    unet(noisy.to(dtype), tt, text)
+                    maps = average_maps(capture.groups(), device="cpu")  # {r: (1, r*r, 77)}
+                    capture.clear()
+                    args = (maps, batch["masks"], batch["token_indices"], batch["token_valid"], batch["noun_valid"])
+                    totals.add(attention_share(*args), attention_iou(*args, threshold=iou_threshold),
+                               int((batch["token_valid"] & batch["noun_valid"][..., None]).sum()))
+    finally:
+        unet.train(was_training)
+    return totals
+
+
 def evaluate_grounding(unet, vae, text_encoder, dataset, indices: list[int], blocks=("mid", "up"),
                        timesteps: tuple[int, ...] = (200, 500, 800), seed: int = 0, scheduler=None,
                        iou_threshold: float = 0.5) -> dict[str, float]:
@@ -137,39 +211,8 @@ def evaluate_grounding(unet, vae, text_encoder, dataset, indices: list[int], blo
     module docstring). Without any supervised noun: only NaN ``share``/``iou`` and 0 pairs.
     The UNet runs in eval mode and gets its training mode back.
     """
-    device, dtype = unet.device, unet.dtype
-    was_training = unet.training
-    unet.eval()
-    shares: dict[int, list] = {}
-    ious: dict[int, list] = {}
-    pairs = 0
-    try:
-        with AttentionCapture(unet, blocks=blocks) as capture:
-            for idx in indices:
-                batch = collate([dataset[idx]])
-                if not batch["noun_valid"].any():
-                    continue
-                latents = vae.encode(batch["pixel_values"].to(device, vae.dtype)).latent_dist.mean
-                latents = latents.float() * vae.config.scaling_factor
-                text = text_encoder(batch["input_ids"].to(device))[0].to(dtype)
-                for t in timesteps:
-                    noise = eval_noise(latents.shape, seed, idx, t).to(device)
-                    tt = torch.tensor([t], device=device)
-                    noisy = scheduler.add_noise(latents, noise, tt) if scheduler is not None else latents + noise
-                    unet(noisy.to(dtype), tt, text)
-                    maps = {r: torch.stack([p.float().mean(1) for p in ps]).mean(0).cpu()  # (1, r*r, 77)
-                            for r, ps in capture.groups().items()}
-                    capture.clear()
-                    args = (maps, batch["masks"], batch["token_indices"], batch["token_valid"], batch["noun_valid"])
-                    _add(shares, attention_share(*args))
-                    _add(ious, attention_iou(*args, threshold=iou_threshold))
-                    pairs += int((batch["token_valid"] & batch["noun_valid"][..., None]).sum())
-    finally:
-        unet.train(was_training)
-    skipped = {r: shares[r][1] - ious[r][1] for r in shares if shares[r][1] != ious[r][1]}
-    if skipped:
-        log.info("attention IoU: skipped pairs whose mask is empty at that resolution: %s", skipped)
-    return {**_means("share", shares), **_means("iou", ious), "pairs": pairs}
+    return grounding_totals(unet, vae, text_encoder, dataset, indices, blocks, timesteps, seed, scheduler,
+                            iou_threshold).means()
 
 
 def evaluate_attention_share(unet, vae, text_encoder, dataset, indices: list[int], blocks=("mid", "up"),

@@ -25,17 +25,20 @@ def colormap(x: np.ndarray) -> np.ndarray:
 
 
 def _to_image(pixel_values: torch.Tensor) -> Image.Image:
-    arr = ((pixel_values.float().clamp(-1, 1) + 1) * 127.5).byte().permute(1, 2, 0).numpy()
+    arr = ((pixel_values.detach().cpu().float().clamp(-1, 1) + 1) * 127.5).byte().permute(1, 2, 0).numpy()
     return Image.fromarray(arr).resize((CELL, CELL), Image.BILINEAR)
 
 
 def noun_heatmap(maps: dict[int, torch.Tensor], tokens: list[int]) -> np.ndarray:
-    """Groups' (r*r, 77) maps -> one (CELL, CELL) map for a noun: its tokens summed, groups averaged."""
+    """Groups' (r*r, 77) maps -> one (CELL, CELL) map for a noun: its tokens summed, groups averaged.
+
+    The maps may live on any device; the picture is computed on the CPU.
+    """
     ups = []
     for r, m in maps.items():
-        a = m[:, tokens].sum(-1).view(1, 1, r, r).float()
+        a = m.detach().cpu()[:, tokens].sum(-1).view(1, 1, r, r).float()
         ups.append(F.interpolate(a, size=(CELL, CELL), mode="bilinear", align_corners=False)[0, 0])
-    h = torch.stack(ups).mean(0).numpy()
+    h = torch.stack(ups).mean(0).cpu().numpy()
     return (h - h.min()) / max(float(h.max() - h.min()), 1e-12)
 
 
@@ -57,8 +60,8 @@ def render_heatmaps(rows: list[dict]) -> Image.Image:
             heat = colormap(noun_heatmap(row["maps"], tokens))
             blend = (0.45 * np.asarray(image, np.float32) + 0.55 * heat).astype(np.uint8)
             cell = Image.fromarray(blend)
-            mask = item["masks"][big][j].float()[None, None]
-            edge = F.interpolate(mask, size=(CELL, CELL), mode="nearest")[0, 0].numpy() > 0.5
+            mask = item["masks"][big][j].detach().cpu().float()[None, None]
+            edge = F.interpolate(mask, size=(CELL, CELL), mode="nearest")[0, 0].cpu().numpy() > 0.5
             padded = np.pad(edge, 1)
             interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
             outline = edge & ~interior

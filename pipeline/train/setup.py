@@ -1,0 +1,120 @@
+"""Start-up of a training run: the accelerator, the run's identity and resume plan, models and data.
+
+The order is the user's: checks that can stop the run (the batch split, the run's checkpoint
+folder) come before any model loads; the input digest is computed once, by the main process,
+and shared with the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.core.code import code_digest
+from pipeline.core.devices import resolve_device
+from pipeline.core.shards import inputs_digest
+from pipeline.core.tables import read_table
+from pipeline.models.stable_diffusion import load_sd_components, vae_scale_factor
+from pipeline.train.attention import layer_resolutions
+from pipeline.train.config import TrainConfig
+from pipeline.train.dataset import MaskCoverage, TokenComposeDataset, build_examples
+from pipeline.train.holdout import split_holdout
+from pipeline.train.runs import ResumePlan, RunIdentity, plan_resume
+
+log = logging.getLogger(__name__)
+
+WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Models:
+    """The pipeline parts training uses; VAE and text encoder frozen on the device."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    scheduler: Any
+    tokenizer: Any
+
+
+@dataclass
+class TrainData:
+    """Training and held-out examples, their datasets, the rejects and counts of ``build_examples``."""
+
+    examples: list
+    heldout: list
+    rejects: list
+    summary: dict[str, Any]
+    dataset: TokenComposeDataset
+    heldout_set: TokenComposeDataset | None
+    resolutions: list[int]
+
+    @property
+    def heldout_nouns(self) -> int:
+        return sum(len(e.nouns) for e in self.heldout)
+
+
+def make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+
+    device = resolve_device(cfg.device)
+    return Accelerator(mixed_precision={"fp32": "no"}.get(cfg.mixed_precision, cfg.mixed_precision),
+                       cpu=device == "cpu")
+
+
+def _broadcast(accelerator, obj: Any) -> Any:
+    """The main process's ``obj`` on every process."""
+    if accelerator.num_processes == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    box = [obj]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def data_digest(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Path) -> str:
+    """The bytes that define the training data: tables, every image, the pretrained model (or its hub id)."""
+    images = sorted(set(read_table(captions_path, columns=["path"]).column("path").to_pylist()))
+    return inputs_digest(captions_path, nouns_path, cfg.masks, cfg.pretrained, *images)
+
+
+def identify_run(cfg: TrainConfig, accelerator, captions_path, nouns_path) -> tuple[RunIdentity, ResumePlan]:
+    """The run's identity and resume plan, computed by the main process and shared (no rank rehashes)."""
+    found = None
+    if accelerator.is_main_process:
+        ident = RunIdentity.of(cfg, data_digest(cfg, captions_path, nouns_path), code_digest("pipeline.train.loop"))
+        found = (ident, plan_resume(Path(cfg.out_dir) / "checkpoints", ident, cfg.resume))
+    return _broadcast(accelerator, found)
+
+
+def load_models(cfg: TrainConfig, accelerator) -> tuple[Models, torch.dtype]:
+    """The pretrained parts; VAE and text encoder frozen, in the mixed-precision dtype, on the device."""
+    parts = load_sd_components(cfg.pretrained, revision=cfg.revision, expect=cfg.expect)
+    dtype = WEIGHT_DTYPES[cfg.mixed_precision]
+    for frozen in (parts.vae, parts.text_encoder):
+        frozen.requires_grad_(False).eval()
+        frozen.to(accelerator.device) if dtype == torch.float32 else frozen.to(accelerator.device, dtype)
+    models = Models(parts.unet.to(accelerator.device), parts.vae, parts.text_encoder, parts.noise_scheduler,
+                    parts.tokenizer)
+    return models, dtype
+
+
+def load_data(cfg: TrainConfig, models: Models, captions_path, nouns_path) -> TrainData:
+    """Examples joined from the tables, the held-out split, datasets at the supervised resolutions."""
+    latent = cfg.resolution // vae_scale_factor(models.vae)
+    resolutions = sorted(set(layer_resolutions(models.unet, latent, cfg.attn_blocks).values()))
+    coverage = MaskCoverage(cfg.resolution, tuple(resolutions), cfg.max_mask_coverage)
+    examples, rejects, summary = build_examples(captions_path, nouns_path, cfg.masks, tokenizer=models.tokenizer,
+                                                coverage=coverage)
+    examples, heldout = split_holdout(examples, cfg.holdout_images, cfg.seed)
+    dataset = TokenComposeDataset(examples, models.tokenizer, cfg.resolution, resolutions)
+    heldout_set = TokenComposeDataset(heldout, models.tokenizer, cfg.resolution, resolutions) if heldout else None
+    data = TrainData(examples, heldout, rejects, summary, dataset, heldout_set, resolutions)
+    if heldout and not data.heldout_nouns:
+        log.warning("no held-out caption has a supervised noun: the held-out attention share is not measured")
+    return data
