@@ -303,7 +303,7 @@ def test_supervision_raises_attention_inside_masks_on_held_out_images(train_ws: 
     runs = {}
     for name, (lam, gam) in {"on": (demo["lambda_token"], demo["gamma_pixel"]), "off": (0.0, 0.0)}.items():
         ws = make_train_ws(train_ws, tmp_path / name, lambda_token=lam, gamma_pixel=gam, max_train_steps=30,
-                           learning_rate=demo["learning_rate"], train_batch_size=4, holdout_images=3,
+                           learning_rate=demo["learning_rate"], global_batch_size=4, train_batch_size=4, holdout_images=3,
                            checkpointing_steps=1000, heatmap_steps=1000, gradient_checkpointing=False)
         run_stage(ws, "stages.train")
         runs[name] = json.loads((ws / "data/train/summary.json").read_text())

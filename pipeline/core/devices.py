@@ -28,3 +28,8 @@ def resolve_device(device: str) -> str:
                     f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) are visible"
                 )
     return device
+
+
+def is_cuda(device: str | torch.device) -> bool:
+    """Whether ``device`` (``"cuda"``, ``"cuda:1"``, a ``torch.device``) is a CUDA device."""
+    return torch.device(device).type == "cuda"

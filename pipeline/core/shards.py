@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from pipeline.core.devices import is_cuda
 from pipeline.core.schemas import REJECTS_SCHEMA
 from pipeline.core.tables import write_table
 
@@ -97,7 +98,7 @@ class World:
         from accelerate import PartialState
 
         state = PartialState(cpu=device == "cpu")
-        if device == "cuda" and state.num_processes > 1:
+        if is_cuda(device) and ":" not in str(device) and state.num_processes > 1:
             device = str(state.device)
         return cls(rank=state.process_index, size=state.num_processes, device=device, _state=state)
 

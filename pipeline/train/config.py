@@ -9,6 +9,7 @@ a whole number, so the same recipe runs unchanged on 1, 4 or 8 GPUs.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -89,8 +90,8 @@ RESUMABLE = ("train_batch_size", "max_train_steps", "gradient_checkpointing", "c
 
 
 def trained_settings(cfg: TrainConfig) -> dict[str, Any]:
-    """The settings that define the trained weights (everything but :data:`RESUMABLE`), JSON-able."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE}
+    """The settings that define the trained weights (everything but :data:`RESUMABLE`), as JSON reads them back."""
+    return json.loads(json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE}))
 
 
 @dataclass(frozen=True)

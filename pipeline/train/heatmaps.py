@@ -25,7 +25,7 @@ def colormap(x: np.ndarray) -> np.ndarray:
 
 
 def _to_image(pixel_values: torch.Tensor) -> Image.Image:
-    arr = ((pixel_values.detach().cpu().float().clamp(-1, 1) + 1) * 127.5).byte().permute(1, 2, 0).numpy()
+    arr = ((pixel_values.detach().float().clamp(-1, 1) + 1) * 127.5).byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(arr).resize((CELL, CELL), Image.BILINEAR)
 
 
