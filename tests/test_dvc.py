@@ -115,7 +115,8 @@ def test_repro_then_up_to_date_then_threshold_experiment_then_plots(clone: Path)
         assert {"MG2", "MG5_std"} <= set(m["multigen"]) and "fid" in m and "iou" in m["attention"]
 
     # one more model to evaluate (a training checkpoint's UNet): only its own stage runs
-    more = sh(["dvc", "exp", "run", "-S", "+evaluate.models.step4=data/train/checkpoints/step-000004/unet",
+    run = json.loads((clone / "data/train/summary.json").read_text())["run"]
+    more = sh(["dvc", "exp", "run", "-S", f"+evaluate.models.step4=data/train/checkpoints/{run}/step-000004/unet",
                "-n", "step4"], clone)
     assert ran_stages(more) == ["evaluate@step4"]
     assert "data/evaluate/step4/metrics.json" in sh(["dvc", "metrics", "show"], clone)
