@@ -61,7 +61,7 @@ def validate(path: Path) -> None:
     from pipeline.evaluate.prompt_files import PromptDownloadConfig
     from pipeline.models.rehearsal import RehearsalModelsConfig
     from pipeline.models.tiny import DemoModelsConfig
-    from pipeline.train.loop import TrainConfig
+    from pipeline.train.config import TrainConfig
 
     sections = {
         "dataset": DatasetConfig,

@@ -53,7 +53,7 @@ def test_use_copies_a_valid_profile_and_refuses_a_broken_one(tmp_path: Path):
 def test_floats_as_dvc_exp_run_writes_them_are_read_as_floats():
     """`dvc exp run -S train.gamma_pixel=5e-5` writes `5e-05`, which YAML 1.1 reads as a string."""
     from pipeline.core.config import from_dict
-    from pipeline.train.loop import TrainConfig
+    from pipeline.train.config import TrainConfig
 
     params = yaml.safe_load("gamma_pixel: 5e-05\nlambda_token: 1.0e-3\n")
     assert params["gamma_pixel"] == "5e-05"
