@@ -51,6 +51,7 @@ BOXES_SCHEMA = pa.schema(
         ("y1", pa.float32()),
         ("score", pa.float32()),
         ("phrase", pa.string()),
+        ("match", pa.string()),           # phrase_rule official: the step that matched the phrase; else null
     ]
 )
 
