@@ -532,7 +532,15 @@ def build_captions(cfg: CaptionsConfig, workers: int | None = None, scorer: Scor
                     len(mismatched), examples)
 
     rejected = sorted((r for r in rows if r.reason is not None), key=lambda r: r.pos)
-    by_reason = Counter(r.reason for r in rejected)
+    summary = _summary(cfg, rows, kept, rejected, not_selected, len(infos), len(mismatched))
+    table = pa.Table.from_pylist(kept, schema=CAPTIONS_SCHEMA)
+    rejects = rejects_table(STAGE, ((r.key, r.reason, r.detail) for r in rejected))
+    return CaptionsResult(table=table, rejects=rejects, summary=summary, rows=rows)
+
+
+def _summary(cfg: CaptionsConfig, rows: list[Row], kept: list[dict[str, Any]], rejected: list[Row],
+             not_selected: int, decoded: int, mismatched: int) -> dict[str, Any]:
+    """The stage's summary (see the module docstring); rows that do not add up are a RuntimeError."""
     kept_images = {row["file"]: row["mode"] for row in kept}
     summary = {
         "format": cfg.format,
@@ -541,10 +549,10 @@ def build_captions(cfg: CaptionsConfig, workers: int | None = None, scorer: Scor
         "kept": len(kept),
         "rejected": len(rejected),
         "not_selected": not_selected,
-        "rejected_by_reason": dict(sorted(by_reason.items())),
+        "rejected_by_reason": dict(sorted(Counter(r.reason for r in rejected).items())),
         "images": len(kept_images),
-        "images_decoded": len(infos),
-        "size_mismatch": len(mismatched),
+        "images_decoded": decoded,
+        "size_mismatch": mismatched,
         "modes": dict(sorted(Counter(kept_images.values()).items())),
     }
     if cfg.select == "clip_best":
@@ -553,9 +561,7 @@ def build_captions(cfg: CaptionsConfig, workers: int | None = None, scorer: Scor
         summary.update(beside_official(captions=len(kept)))
     if summary["input_rows"] != summary["kept"] + summary["rejected"] + summary["not_selected"]:
         raise RuntimeError(f"captions: rows do not add up: {summary}")
-    table = pa.Table.from_pylist(kept, schema=CAPTIONS_SCHEMA)
-    rejects = rejects_table(STAGE, ((r.key, r.reason, r.detail) for r in rejected))
-    return CaptionsResult(table=table, rejects=rejects, summary=summary, rows=rows)
+    return summary
 
 
 def _clip_choice(kept: list[dict[str, Any]], chosen: list[Row], scorer: Scorer) -> tuple[list[dict[str, Any]], int]:

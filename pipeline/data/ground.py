@@ -160,9 +160,16 @@ def run_ground(cfg: GroundConfig, captions_path: str | Path, nouns_path: str | P
         return None
     write_table(result.rejects, out / "rejects.parquet")
     boxes = read_table(out / "boxes").to_pylist()
-    reasons = result.rejects.column("reason").to_pylist()
+    summary = _stage_summary(cfg, nouns, boxes, result.rejects.column("reason").to_pylist(), len(items))
+    write_json(summary, out / "summary.json")
+    return summary
+
+
+def _stage_summary(cfg: GroundConfig, nouns: list[dict], boxes: list[dict], reasons: list[str], images: int) -> dict:
+    """Counts of nouns and boxes (``_summary``), boxes by match step, and the box recall against
+    the reference when ``cfg.reference`` is set."""
     n_unmatched, n_replaced = reasons.count(UNMATCHED_REASON), reasons.count(REPLACED_REASON)
-    summary = _summary(nouns, boxes, len(reasons) - n_unmatched - n_replaced, len(items))
+    summary = _summary(nouns, boxes, len(reasons) - n_unmatched - n_replaced, images)
     summary["boxes_without_noun"] = n_unmatched
     if cfg.phrase_rule == "official":
         summary["boxes_replaced"] = n_replaced
@@ -176,7 +183,6 @@ def run_ground(cfg: GroundConfig, captions_path: str | Path, nouns_path: str | P
         if not quality["quality_measure"]:
             quality["note"] = "tiny random Grounding DINO: this recall tests the plumbing, it measures no box quality"
         summary["box_quality"] = quality
-    write_json(summary, out / "summary.json")
     return summary
 
 
