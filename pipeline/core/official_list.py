@@ -9,6 +9,7 @@ that a reproduction that lost images or masks shows it at the stage that lost th
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -39,3 +40,13 @@ def paper_data_mode(captions: pa.Table) -> bool:
     if "official_nouns" not in captions.column_names:
         return False
     return captions.num_rows > 0 and captions.column("official_nouns").null_count < captions.num_rows
+
+
+def official_summary(table: pa.Table | str | Path, /, **counts: int) -> dict[str, Any]:
+    """``beside_official(**counts)`` when ``table`` (a captions table or its path) is in the paper
+    data mode, else ``{}``: what a stage adds to its summary with ``summary.update(...)``."""
+    if not isinstance(table, pa.Table):
+        from pipeline.core.tables import read_table
+
+        table = read_table(table)
+    return beside_official(**counts) if paper_data_mode(table) else {}

@@ -29,7 +29,7 @@ from pipeline.core.config import fingerprint
 from pipeline.core.devices import resolve_device
 from pipeline.core.images import load_rgb
 from pipeline.core.masks import decode_rle, encode_rle, mask_to_png_bytes
-from pipeline.core.official_list import beside_official, paper_data_mode
+from pipeline.core.official_list import official_summary
 from pipeline.core.schemas import MASKS_SCHEMA
 from pipeline.core.shards import World, inputs_digest, run_sharded
 from pipeline.core.tables import (
@@ -123,8 +123,7 @@ def run_segment(cfg: SegmentConfig, captions_path: str | Path, boxes_path: str |
 
         render_all_overlays(captions_path, boxes_path, out / "masks", out / "overlays")
     summary = _summary(boxes, masks, result.rejects.num_rows, len(items))
-    if paper_data_mode(captions_table):
-        summary.update(beside_official(masked_nouns=masks.num_rows))
+    summary.update(official_summary(captions_table, masked_nouns=masks.num_rows))
     if cfg.reference:
         summary["mask_quality"] = report_mask_quality(masks, cfg.reference, image_paths, out,
                                                       random_model=cfg.model_type in TINY_TYPES)
