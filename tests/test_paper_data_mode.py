@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from stagerun import run_stage
+from stagerun import assert_readable_metrics, run_stage
 
 from pipeline.core.official_list import OFFICIAL
 from pipeline.core.tables import read_table
@@ -68,3 +68,5 @@ def test_rehearsal_data_stages_in_the_paper_data_mode(shared_dir: Path, workspac
     segment = _summary(ws, "segment")
     masks = read_table(ws / "data/segment/masks")
     assert segment["official_list"]["masked_nouns"]["here"] == masks.num_rows == len({b["noun_id"] for b in found})
+    for stage, summary in (("captions", captions), ("nouns", nouns), ("ground", ground), ("segment", segment)):
+        assert_readable_metrics(summary, stage)
