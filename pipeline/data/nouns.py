@@ -178,7 +178,7 @@ class NounsConfig:
     source: str = "spacy"                # spacy | official (TokenCompose's attn_list nouns)
     occurrence: str = "all"              # all | first (each distinct noun of a caption once)
     token_rule: str = "span"             # span (the noun's own chars) | official (first token-sequence match)
-    max_reject_share: float = 0.5        # more captions rejected than this share: the stage fails
+    max_reject_share: float = 0.5        # more captions, or nouns (null masks aside), rejected: the stage fails
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -515,17 +515,26 @@ def _official_rule(tokenizer: CaptionTokenizer, caption: str, enc, noun: str) ->
 Found = tuple[NounSpan, list[int], bool]  # a kept noun, its token indices, truncated
 
 
-def _tokens(tokenizer: CaptionTokenizer, caption: str, enc, noun: NounSpan, token_rule: str) -> Found | None:
-    """A noun's token indices by ``token_rule``; None when the official rule finds no match.
+def _span_tokens(tokenizer: CaptionTokenizer, caption: str, enc, noun: NounSpan) -> Found:
+    """``token_rule: span``: the tokens of the noun's own characters."""
+    return (noun, *span_token_indices(enc, noun.start, noun.end))
 
-    ``span``: the tokens of the noun's characters. ``official``: the first match of its token
-    sequence (a noun without a span, ``start < 0``, takes the span of the tokens found)."""
-    if token_rule == "span":
-        return (noun, *span_token_indices(enc, noun.start, noun.end))
+
+def _official_tokens(tokenizer: CaptionTokenizer, caption: str, enc, noun: NounSpan) -> Found | None:
+    """``token_rule: official``: the first match of the noun's token sequence in the caption's (a
+    noun without a span, ``start < 0``, takes the span of the tokens found); None when none."""
     found = _official_rule(tokenizer, caption, enc, noun.text)
     if found is None:
         return None
     return (found[0] if noun.start < 0 else noun), found[1], found[2]
+
+
+TOKEN_RULE_FNS = {"span": _span_tokens, "official": _official_tokens}
+
+
+def _tokens(tokenizer: CaptionTokenizer, caption: str, enc, noun: NounSpan, token_rule: str) -> Found | None:
+    """A noun's token indices by ``token_rule`` (``TOKEN_RULE_FNS``)."""
+    return TOKEN_RULE_FNS[token_rule](tokenizer, caption, enc, noun)
 
 
 def _official_candidate(caption: str, noun: str, key: str, token_rule: str) -> NounSpan | None:
