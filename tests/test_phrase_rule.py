@@ -74,20 +74,27 @@ def test_exact_phrase_rule(tokenizer):
 
 
 def test_official_rule_gives_the_release_nouns(tokenizer):
-    """The same queries as the exact rule: under the release's chain "teddy" and "dog teddy" get a
-    noun, the empty phrase the first noun, and a later phrase on a noun takes it from an earlier one."""
+    """The same queries as the exact rule, decoded as the release does (every token but [CLS]):
+    "teddy", "dog." and "dog teddy" get a noun, "[SEP]" none, and a later phrase on a noun
+    takes it from an earlier one."""
     prompt, probs, boxes = _case(tokenizer)
     raw = _detections(probs, boxes, prompt, tokenizer, 0.25, 0.25, 100, 100, "official")
-    assert [d.query for d in raw] == [0, 1, 2, 3, 4, 5] and all(d.phrase_index == -1 for d in raw)
+    assert [(d.query, d.phrase, round(d.score, 4)) for d in raw] == [
+        (0, "dog", 0.6), (1, "teddy bear", 0.5), (2, "teddy", 0.5), (3, "dog.", 0.9), (4, "dog teddy", 0.3),
+        (5, "[SEP]", 0.3)]
+    assert all(d.phrase_index == -1 for d in raw)
     by_phrase = {d.phrase: (d.phrase_index, d.match) for d in assign_official(raw, ["dog", "teddy bear"])}
-    assert by_phrase == {"dog": (-1, "replaced"),        # noun 0 goes to "dog teddy", then to ""
+    assert by_phrase == {"dog": (-1, "replaced"),         # noun 0 goes to "dog." (query 3), then "dog teddy"
+                         "dog.": (-1, "replaced"),
+                         "dog teddy": (0, "word"),
                          "teddy bear": (-1, "replaced"),  # noun 1 goes to "teddy" (query 2, later)
-                         "teddy": (1, "word"), "dog teddy": (-1, "replaced"), "": (0, "substring")}
-    without_empty = assign_official(raw[:5], ["dog", "teddy bear"])
-    assert {d.phrase: (d.phrase_index, d.match) for d in without_empty}["dog teddy"] == (0, "word")
+                         "teddy": (1, "word"),
+                         "[SEP]": (-1, "none")}
     # "later" is by query, not by list order or score
     late_first = [Detection(-1, (0, 0, 1, 1), 0.9, "horse", query=7), Detection(-1, (0, 0, 2, 2), 0.3, "top horse", query=2)]
     assert [(d.phrase_index, d.match) for d in assign_official(late_first, ["horse"])] == [(0, "exact"), (-1, "replaced")]
+    empty_last = assign_official([*raw[:5], Detection(-1, (0, 0, 1, 1), 0.3, "", query=9)], ["dog", "teddy bear"])
+    assert [(d.phrase_index, d.match) for d in empty_last if d.phrase in ("", "dog teddy")] == [(-1, "replaced"), (0, "substring")]
 
 
 @pytest.mark.parametrize("phrase, nouns, expected", [

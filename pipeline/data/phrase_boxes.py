@@ -25,8 +25,9 @@ upstream's later ``left_idx``/``right_idx`` arguments do), for inspection. This 
 ``preprocess_data/gen_mask.py``): a query is kept iff its maximum probability over ALL the
 prompt's tokens ([CLS], [SEP] and the `` . `` separators included, as
 ``prediction_logits.max(dim=1)`` does) is > ``box_threshold``, and that maximum is its score;
-its phrase is decoded from the tokens with probability > ``text_threshold`` (special tokens and
-``.`` left out, whitespace collapsed). The boxes of one image with the same decoded phrase form
+its phrase is what the release's ``get_phrases_from_posmap(prob > text_threshold)`` decodes
+(every prompt token but [CLS]: a separator or [SEP] above the threshold is part of the phrase,
+"dog." or "dog [SEP]", as there). The boxes of one image with the same decoded phrase form
 one group (the release unites their masks), and each decoded phrase is mapped to a noun of the
 image's list by ``match_official``'s chain: equal; its upper case; its lower case; ``" - "`` ->
 ``"-"``; the first noun whose lower case is one of the phrase's words or that has the phrase as
@@ -38,8 +39,9 @@ a phrase that maps to nothing, or whose noun went to a later phrase, are returne
 ``phrase_index = -1`` (``match`` says which: ``none`` | ``replaced``); ``ground`` records them as
 rejects. ``Detection.match`` names the step that matched (``MATCH_STEPS``).
 
-``phrase_rule="exact_phrase"`` keeps and scores queries as ``official`` but gives a box only to
-the prompt phrase whose own tokens decode to exactly its decoded phrase ("teddy bear" matches a
+``phrase_rule="exact_phrase"`` keeps and scores queries as ``official``, decodes their phrase
+with special tokens and ``.`` left out and whitespace collapsed, and gives a box only to the
+prompt phrase whose own tokens decode to exactly that text ("teddy bear" matches a
 decoded "teddy bear"; a query spread over "teddy" and "dog" decodes to "teddy dog" and matches
 nothing): fewer nouns get a box than in the release.
 
@@ -351,9 +353,14 @@ def _detections(
     special = set(tokenizer.all_special_ids)
     words = torch.zeros(probs.shape[-1], dtype=torch.bool)
     words[: len(tokenized["input_ids"])] = torch.tensor([t not in special for t in tokenized["input_ids"]])
+    in_text = torch.zeros(probs.shape[-1], dtype=torch.bool)
+    in_text[1: len(tokenized["input_ids"])] = True  # the release's decode: every token but [CLS]
     for q in keep.nonzero().flatten().tolist():
-        posmap = (probs[q] > text_threshold) & words
-        text = " ".join(get_phrases_from_posmap(posmap, tokenized, tokenizer).replace(".", "").split())
+        if phrase_rule == "official":
+            text = get_phrases_from_posmap((probs[q] > text_threshold) & in_text, tokenized, tokenizer)
+        else:
+            posmap = (probs[q] > text_threshold) & words
+            text = " ".join(get_phrases_from_posmap(posmap, tokenized, tokenizer).replace(".", "").split())
         if phrase_rule == "best_phrase":
             phrase_index = prompt.phrase_indices[int(best[q])]
         elif phrase_rule == "exact_phrase":
