@@ -343,6 +343,7 @@ def _detections(
     else:
         best_score = probs.max(dim=1).values  # (nq,) over every prompt token, specials included
         keep = best_score > box_threshold
+    if phrase_rule == "exact_phrase":
         own = {_decoded(tokenizer, [tokenized["input_ids"][k] for k in pos]): j for j, pos in enumerate(positions)}
     scale = torch.tensor([width, height, width, height], dtype=torch.float32)
     cx, cy, w, h = boxes.unbind(-1)
