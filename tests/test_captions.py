@@ -478,6 +478,8 @@ def test_clip_best_with_a_tiny_clip_and_clear_errors(tmp_path: Path) -> None:
     write_coco(tmp_path / "ann" / "captions.json", [img(1, "a.jpg", 40, 30)],
                [{"id": 3, "image_id": 1, "caption": "a red photo"}, {"id": 2, "image_id": 1, "caption": "a dog " * 60}])
     clip = build_tiny_clip(tmp_path / "clip", 0, build_clip_tokenizer(tmp_path / "tok"))
+    again = build_tiny_clip(tmp_path / "again", 0, tmp_path / "tok")  # seeded: the same bytes
+    assert (clip / "model.safetensors").read_bytes() == (again / "model.safetensors").read_bytes()
     result = build_captions(cfg_for(tmp_path, select="clip_best", clip_model=str(clip), device="cpu"), workers=1)
     (row,) = result.table.to_pylist()
     assert row["caption_id"] in (2, 3) and isinstance(row["clip_score"], float)  # a 60-word caption is truncated
