@@ -443,3 +443,49 @@ def test_stage_script(coco_mini: Path, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "stages.captions", "--params", str(params)],
                           cwd=REPO, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert proc.returncode != 0 and "bogus" in proc.stderr
+
+
+def test_clip_best_keeps_the_highest_scoring_caption_per_image(bad_dataset: Path) -> None:
+    """A scorer that likes one word: per image the best caption, ties by caption id, an image
+    the scorer cannot read rejected as clip_failed, the chosen score in the table."""
+    from pipeline.data.caption_choice import best_caption
+
+    assert best_caption([1.0, 3.0, 3.0], [5, 9, 7]) == 2           # tie: the smaller caption id
+    with pytest.raises(ValueError):
+        best_caption([], [])
+
+    def score(path: str, captions):
+        if path.endswith("cmyk.jpg"):
+            raise OSError("cannot read")
+        return [float(c.count("gray") + c.count("square") * 2) for c in captions]
+
+    cfg = cfg_for(bad_dataset, select="clip_best", clip_model="unused-here", max_reject_share=1.0)
+    result = build_captions(cfg, workers=1, scorer=score)
+    rows = {r["image_id"]: (r["caption_id"], r["clip_score"]) for r in result.table.to_pylist()}
+    assert rows[1] == (10, 2.0)                                     # "A red square ..." among 10, 11, 14
+    assert rows[4] == (40, 1.0)                                     # "a gray photo" ties "another gray photo"
+    assert 5 not in rows and result.summary["rejected_by_reason"]["clip_failed"] == 1
+    s = result.summary
+    assert s["input_rows"] == s["kept"] + s["rejected"] + s["not_selected"] and s["not_selected"] == 3
+    assert s["clip_model"] == "unused-here" and len({r["image_id"] for r in result.table.to_pylist()}) == s["kept"]
+
+
+def test_clip_best_with_a_tiny_clip_and_clear_errors(tmp_path: Path) -> None:
+    from pipeline.models.clip_model import build_tiny_clip
+    from pipeline.models.clip_tokenizer import build_clip_tokenizer
+
+    make_jpeg(tmp_path / "images" / "a.jpg", size=(40, 30))
+    write_coco(tmp_path / "ann" / "captions.json", [img(1, "a.jpg", 40, 30)],
+               [{"id": 3, "image_id": 1, "caption": "a red photo"}, {"id": 2, "image_id": 1, "caption": "a dog " * 60}])
+    clip = build_tiny_clip(tmp_path / "clip", 0, build_clip_tokenizer(tmp_path / "tok"))
+    again = build_tiny_clip(tmp_path / "again", 0, tmp_path / "tok")  # seeded: the same bytes
+    assert (clip / "model.safetensors").read_bytes() == (again / "model.safetensors").read_bytes()
+    result = build_captions(cfg_for(tmp_path, select="clip_best", clip_model=str(clip), device="cpu"), workers=1)
+    (row,) = result.table.to_pylist()
+    assert row["caption_id"] in (2, 3) and isinstance(row["clip_score"], float)  # a 60-word caption is truncated
+    with pytest.raises(ConfigError, match="does not load as a CLIP model"):
+        build_captions(cfg_for(tmp_path, select="clip_best", clip_model=str(tmp_path / "tok"), device="cpu"))
+    with pytest.raises(ConfigError, match="clip_model is required"):
+        cfg_for(tmp_path, select="clip_best")
+    with pytest.raises(ConfigError, match="clip_model is set"):
+        cfg_for(tmp_path, clip_model=str(clip))

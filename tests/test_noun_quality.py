@@ -3,6 +3,7 @@ broke the noun-tag rule, and the official (TokenCompose attn_list) noun source."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -11,11 +12,13 @@ import pyarrow as pa
 import pytest
 
 from pipeline.core.config import ConfigError, from_dict
+from pipeline.core.guards import StageInputError
 from pipeline.data.nouns import (
     _COMPOUND_RE,
     NounExtractor,
     NounsConfig,
     build_nouns,
+    check_nouns,
     load_tagger,
 )
 from pipeline.data.tokens import CaptionTokenizer, official_token_indices
@@ -178,6 +181,19 @@ def test_official_source_on_the_metadata_sample(shared_dir: Path, tokenizer, cli
     null = sum(a[1] is None for r in lines for a in r["attn_list"])
     assert summary["rejected_nouns"] == {"null_mask": null} and summary["captions_with_nouns"] == 20
     assert summary["nouns_considered"] == len(with_mask) + null
+    assert summary["official_list"] == {
+        "captions": {"here": 20, "official": 4526, "ratio": round(20 / 4526, 4)},
+        "nouns": {"here": len(with_mask) + null, "official": 15156, "ratio": round((len(with_mask) + null) / 15156, 4)},
+        "masked_nouns": {"here": len(with_mask), "official": 13634, "ratio": round(len(with_mask) / 13634, 4)},
+    }
+    # the paper profiles' 1%: null masks (the release's outcome) do not count against it
+    strict = from_dict(NounsConfig, {"spacy_model": "x", "tokenizer": "t", "tokenizer_subfolder": None,
+                                     "batch_size": 2, "out_dir": "o", "max_reject_share": 0.01}, "nouns")
+    check_nouns(summary, rejects, strict)
+    lost = dict(summary, rejected_nouns={"null_mask": null, "not_in_caption": 2}, nouns=len(with_mask) - 2)
+    with pytest.raises(StageInputError, match=r"(?s)2 of \d+ nouns rejected.*not_in_caption"):
+        check_nouns(lost, rejects, strict)
+    check_nouns(lost, rejects, dataclasses.replace(strict, max_reject_share=0.5))
 
 
 def test_official_source_through_the_captions_stage(shared_dir: Path, tmp_path: Path, tokenizer):

@@ -30,6 +30,8 @@ def test_paper_profile_has_the_paper_settings():
     assert p["ground"]["phrase_rule"] == "official"
     assert p["segment"]["model_type"] == "hq_vit_h" and p["segment"]["checkpoint"].endswith("sam_hq_vit_h.pth")
     assert p["dataset"]["format"] == "tokencompose"
+    assert (p["nouns"]["source"], p["nouns"]["occurrence"], p["nouns"]["token_rule"]) == ("official", "first", "official")
+    assert p["captions"]["max_reject_share"] == p["nouns"]["max_reject_share"] == 0.01  # strict: 1%
 
 
 def test_use_copies_a_valid_profile_and_refuses_a_broken_one(tmp_path: Path):
@@ -106,8 +108,9 @@ def test_nested_sections_are_typed_and_checked():
 # losses, optimizer, precision, batch, accumulation, ...) must stay the paper's.
 REHEARSAL_MAY_DIFFER = (
     "rehearsal_models.*", "coco_download.urls", "multigen_prompts.*", "*.out_dir",
-    # data: coco-mini in COCO format (no TokenCompose metadata.jsonl, hence no official noun lists)
-    "dataset.*", "captions.select", "captions.first_n", "captions.ids_file", "nouns.source",
+    # data paths only: the data mode (format, selection, noun source, rules) is the paper's
+    "dataset.captions", "dataset.coco_captions", "dataset.images_dir", "dataset.instances",
+    "dataset.fid_captions", "dataset.fid_images_dir",
     "evaluate.multigen.*.prompts", "evaluate.fid_flickr30k.enabled",
     # model paths
     "ground.checkpoint", "ground.text_encoder", "segment.checkpoint", "train.pretrained",
@@ -157,8 +160,11 @@ def test_rehearsal_profile_differs_from_the_paper_only_in_paths_and_counts(varia
     assert rehearsal["ground"]["box_threshold"] == paper["ground"]["box_threshold"]
     assert f"models/rehearsal/{variant}" == t["pretrained"] == rehearsal["evaluate"]["pretrained"]
     assert variant in rehearsal["rehearsal_models"]["kinds"]
-    # the check itself catches a changed setting, nested or not
-    for key, value in (("ground", {"box_threshold": 0.3}), ("evaluate", {"generation": {"resolution": 256}})):
+    assert rehearsal["dataset"]["format"] == "tokencompose" and rehearsal["captions"]["select"] == "all"
+    # the check itself catches a changed setting, nested or not, the data mode included
+    for key, value in (("ground", {"box_threshold": 0.3}), ("evaluate", {"generation": {"resolution": 256}}),
+                       ("dataset", {"format": "coco"}), ("nouns", {"source": "spacy"}),
+                       ("captions", {"select": "first_n"})):
         bad = {**rehearsal, key: {**rehearsal[key], **{k: {**rehearsal[key][k], **v} if isinstance(v, dict) else v
                                                       for k, v in value.items()}}}
         assert _forbidden_differences(bad, paper) != []
@@ -170,6 +176,8 @@ def test_rehearsal_profiles_read_the_shared_coco_subset():
     for variant in ("sd14", "sd21"):
         p = resolve(REPO / "configs" / f"rehearsal-{variant}.yaml")
         d = p["dataset"]
-        for path in (d["captions"], d["images_dir"], d["instances"], d["fid_captions"], d["fid_images_dir"],
+        assert d["captions"].endswith("tokencompose-sample/metadata-coco-mini.jsonl")
+        for path in (d["captions"], d["coco_captions"], d["images_dir"], d["instances"], d["fid_captions"],
+                     d["fid_images_dir"],
                      *(m["prompts"] for m in p["evaluate"]["multigen"].values())):
             assert path.startswith("../shared/"), path

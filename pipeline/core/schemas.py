@@ -17,6 +17,7 @@ CAPTIONS_SCHEMA = pa.schema(
         ("mode", pa.string()),            # original PIL mode: RGB, L, CMYK, ...
         ("caption", pa.string()),         # NFC, whitespace collapsed
         ("official_nouns", pa.string()),  # tokencompose format: JSON [[noun, mask path or null], ...] (attn_list); else null
+        ("clip_score", pa.float32()),     # select clip_best: the chosen caption's CLIP image-text logit; else null
     ]
 )
 
@@ -51,6 +52,7 @@ BOXES_SCHEMA = pa.schema(
         ("y1", pa.float32()),
         ("score", pa.float32()),
         ("phrase", pa.string()),
+        ("match", pa.string()),           # phrase_rule official: the step that matched the phrase; else null
     ]
 )
 

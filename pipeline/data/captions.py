@@ -41,6 +41,12 @@ never on the image files):
                      and ``#`` comments allowed). An id that is not in the input at all is an
                      error (a wrong ids file or profile), not a reject. An id whose row was
                      rejected by a row check stays a reject with that reason.
+  ``clip_best``      per image the caption CLIP matches best (TokenCompose's choice; the one
+                     mode that looks at the pixels: it runs after the image checks below, on
+                     every caption of the images that pass them; ``pipeline.data.caption_choice``).
+                     ``clip_model`` (hub id or folder) is loaded before anything is read; an
+                     image CLIP cannot score rejects its captions as ``clip_failed``; the chosen
+                     caption's logit is the table's ``clip_score``.
 Rows that passed the row checks but were not chosen are counted as ``not_selected``; they
 are not rejects.
 
@@ -69,8 +75,10 @@ Outputs (``out_dir``)
   = caption id (tokencompose rows without a COCO id: ``line:<n>``).
 - ``summary.json``: format, select, input_rows, kept, rejected, not_selected,
   rejected_by_reason, images (distinct kept images), images_decoded, size_mismatch,
-  modes (distinct kept images per mode). ``input_rows == kept + rejected + not_selected``
-  is checked before anything is written.
+  modes (distinct kept images per mode); ``clip_best``: clip_model; ``format: tokencompose``:
+  ``official_list``, the kept captions beside the official list's 4,526
+  (``pipeline.core.official_list``). ``input_rows == kept + rejected + not_selected`` is checked
+  before anything is written.
 """
 
 from __future__ import annotations
@@ -91,9 +99,12 @@ from tqdm import tqdm
 
 from pipeline.core.config import ConfigError
 from pipeline.core.guards import StageInputError, check_rejects
+from pipeline.core.devices import resolve_device
 from pipeline.core.images import RGB_CONVERTIBLE, ImageInfo, probe
+from pipeline.core.official_list import beside_official
 from pipeline.core.schemas import CAPTIONS_SCHEMA
 from pipeline.core.tables import read_table, rejects_table, write_json, write_table
+from pipeline.data.caption_choice import CLIP_FAILED, Scorer, choose_by_clip, clip_scorer
 from pipeline.data.reference_masks import check_instances_match
 
 log = logging.getLogger(__name__)
@@ -110,7 +121,9 @@ REASONS = (
     "missing_image",
     "corrupt_image",
     "unsupported_mode",
+    "clip_failed",
 )
+SELECT_MODES = ("all", "one_per_image", "first_n", "ids", "clip_best")
 
 
 @dataclass(frozen=True)
@@ -120,13 +133,15 @@ class CaptionsConfig:
     format: Literal["coco", "tokencompose"]
     source: str                       # COCO captions json, or TokenCompose metadata.jsonl
     images_dir: str
-    select: Literal["all", "one_per_image", "first_n", "ids"] = "all"
+    select: Literal["all", "one_per_image", "first_n", "ids", "clip_best"] = "all"
     first_n: int | None = None
     ids_file: str | None = None
     out_dir: str = "data/captions"
     coco_captions: str | None = None  # tokencompose only: take caption ids from this COCO json
     instances: str | None = None      # COCO instances json: kept images' ids and sizes checked against it
     max_reject_share: float = 0.5     # more rejects than this share of the rows checked: the stage fails
+    clip_model: str | None = None     # select clip_best: a CLIP hub id or folder (paper: openai/clip-vit-large-patch14-336)
+    device: str = "auto"              # select clip_best: where CLIP runs (auto | cpu | cuda | cuda:N)
 
     def validate(self) -> None:
         if not self.source:
@@ -147,6 +162,12 @@ class CaptionsConfig:
         elif self.ids_file is not None:
             raise ConfigError(f"captions.ids_file is set but select is {self.select!r}; "
                               "set select: ids or ids_file: null")
+        if self.select == "clip_best":
+            if not self.clip_model:
+                raise ConfigError("captions.clip_model is required with select 'clip_best'")
+        elif self.clip_model is not None:
+            raise ConfigError(f"captions.clip_model is set but select is {self.select!r}; "
+                              "set select: clip_best or clip_model: null")
         if not self.images_dir or not self.out_dir:
             raise ConfigError("captions.images_dir and captions.out_dir must be non-empty")
 
@@ -465,8 +486,11 @@ def probe_images(files: Iterable[str], images_dir: str | Path,
     return out
 
 
-def build_captions(cfg: CaptionsConfig, workers: int | None = None) -> CaptionsResult:
-    """Run every check and the selection; nothing is written."""
+def build_captions(cfg: CaptionsConfig, workers: int | None = None, scorer: Scorer | None = None) -> CaptionsResult:
+    """Run every check and the selection; nothing is written. ``scorer``: select clip_best's
+    (default: ``clip_scorer(cfg.clip_model, cfg.device)``, loaded before anything is read)."""
+    if cfg.select == "clip_best" and scorer is None:
+        scorer = clip_scorer(cfg.clip_model, resolve_device(cfg.device))
     if cfg.format == "coco":
         rows = read_coco(cfg.source)
     else:
@@ -475,7 +499,7 @@ def build_captions(cfg: CaptionsConfig, workers: int | None = None) -> CaptionsR
     check_rows(rows)
 
     ids = read_ids_file(cfg.ids_file) if cfg.select == "ids" else None
-    chosen, not_selected = select_rows(rows, cfg.select, cfg.first_n, ids)
+    chosen, not_selected = select_rows(rows, "all" if cfg.select == "clip_best" else cfg.select, cfg.first_n, ids)
     log.info("select %s: %d rows chosen, %d not selected", cfg.select, len(chosen), not_selected)
 
     infos = probe_images((r.file for r in chosen), cfg.images_dir, workers)
@@ -499,6 +523,8 @@ def build_captions(cfg: CaptionsConfig, workers: int | None = None) -> CaptionsR
             "caption": r.caption,
             "official_nouns": r.official_nouns,
         })
+    if cfg.select == "clip_best":
+        kept, not_selected = _clip_choice(kept, chosen, scorer)
     if mismatched:
         examples = ", ".join(f"{f} json {a[0]}x{a[1]} real {b[0]}x{b[1]}"
                              for f, (a, b) in list(mismatched.items())[:5])
@@ -506,7 +532,15 @@ def build_captions(cfg: CaptionsConfig, workers: int | None = None) -> CaptionsR
                     len(mismatched), examples)
 
     rejected = sorted((r for r in rows if r.reason is not None), key=lambda r: r.pos)
-    by_reason = Counter(r.reason for r in rejected)
+    summary = _summary(cfg, rows, kept, rejected, not_selected, len(infos), len(mismatched))
+    table = pa.Table.from_pylist(kept, schema=CAPTIONS_SCHEMA)
+    rejects = rejects_table(STAGE, ((r.key, r.reason, r.detail) for r in rejected))
+    return CaptionsResult(table=table, rejects=rejects, summary=summary, rows=rows)
+
+
+def _summary(cfg: CaptionsConfig, rows: list[Row], kept: list[dict[str, Any]], rejected: list[Row],
+             not_selected: int, decoded: int, mismatched: int) -> dict[str, Any]:
+    """The stage's summary (see the module docstring); rows that do not add up are a RuntimeError."""
     kept_images = {row["file"]: row["mode"] for row in kept}
     summary = {
         "format": cfg.format,
@@ -515,17 +549,29 @@ def build_captions(cfg: CaptionsConfig, workers: int | None = None) -> CaptionsR
         "kept": len(kept),
         "rejected": len(rejected),
         "not_selected": not_selected,
-        "rejected_by_reason": dict(sorted(by_reason.items())),
+        "rejected_by_reason": dict(sorted(Counter(r.reason for r in rejected).items())),
         "images": len(kept_images),
-        "images_decoded": len(infos),
-        "size_mismatch": len(mismatched),
+        "images_decoded": decoded,
+        "size_mismatch": mismatched,
         "modes": dict(sorted(Counter(kept_images.values()).items())),
     }
+    if cfg.select == "clip_best":
+        summary["clip_model"] = cfg.clip_model
+    if cfg.format == "tokencompose":
+        summary.update(beside_official(captions=len(kept)))
     if summary["input_rows"] != summary["kept"] + summary["rejected"] + summary["not_selected"]:
         raise RuntimeError(f"captions: rows do not add up: {summary}")
-    table = pa.Table.from_pylist(kept, schema=CAPTIONS_SCHEMA)
-    rejects = rejects_table(STAGE, ((r.key, r.reason, r.detail) for r in rejected))
-    return CaptionsResult(table=table, rejects=rejects, summary=summary, rows=rows)
+    return summary
+
+
+def _clip_choice(kept: list[dict[str, Any]], chosen: list[Row], scorer: Scorer) -> tuple[list[dict[str, Any]], int]:
+    """select clip_best on the rows that passed the image checks: the kept rows and the not-selected count;
+    the captions of an image CLIP could not score are marked ``clip_failed`` in ``chosen``."""
+    best, failed, not_selected = choose_by_clip(kept, scorer)
+    for r in chosen:
+        if r.caption_id in failed:
+            r.reject(CLIP_FAILED, failed[r.caption_id])
+    return best, not_selected
 
 
 def reject_hints(cfg: CaptionsConfig) -> dict[str, str]:
@@ -541,6 +587,7 @@ def reject_hints(cfg: CaptionsConfig) -> dict[str, str]:
         "duplicate_caption_id": f"is {cfg.source} two files concatenated?",
         "unsafe_path": "file names must be relative paths under dataset.images_dir",
         "bad_file_name": "tokencompose file names need the COCO image id's digits; or set dataset.coco_captions",
+        CLIP_FAILED: f"can captions.clip_model ({cfg.clip_model}) read these images?",
     }
 
 

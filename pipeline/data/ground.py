@@ -11,16 +11,23 @@ rejects table with all their nouns counted there.
 ``phrase_rule`` says how a box finds its noun (``phrase_boxes`` has the details):
 ``best_phrase`` (the demo's default) gives each query to the phrase whose own tokens hold its
 highest probability; ``official`` (TokenCompose's data preparation, the paper profiles) keeps a
-query by its maximum over all prompt tokens and matches its decoded phrase exactly to a noun
-phrase. A box whose decoded phrase matches no noun is recorded in the rejects table (key
-``<image_id>:box<k>``, reason ``phrase_matches_no_noun``, the decoded phrase, score and box in
-``detail``) and counted as ``boxes_without_noun``; it gives no noun a box.
+query by its maximum over all prompt tokens and maps its decoded phrase to a noun with the
+release's chain (``phrase_boxes.match_official``); its prompt lists the image's distinct nouns
+in the nouns table's order (the release's ``" . ".join`` of its noun list), and the chain
+matches against their texts. ``exact_phrase`` keeps queries as ``official`` but gives a box only
+to a noun whose phrase is exactly the decoded one. A box that gives no noun a box is recorded in
+the rejects table (key ``<image_id>:box<k>``, the decoded phrase, score and box in ``detail``):
+reason ``phrase_matches_no_noun`` (counted as ``boxes_without_noun``) or, under ``official``,
+``phrase_replaced`` (a later phrase took its noun, as the release's later mask file overwrites
+the earlier; counted as ``boxes_replaced``). ``box_matches`` counts the boxes by the step of the
+chain that matched them (``official``).
 
 Boxes table (``data/ground/boxes/part-*.parquet``), one row per (noun, box):
     noun_id int64, caption_id int64, image_id int64, text string,
     box_index int32 (-1 when not found), found bool,
     x0, y0, x1, y1 float32 (image pixels, xyxy; null when not found),
-    score float32 (null when not found), phrase string (Grounding DINO's decoded phrase).
+    score float32 (null when not found), phrase string (Grounding DINO's decoded phrase),
+    match string (``official``: the chain's step, ``phrase_boxes.MATCH_STEPS``; else null).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from pipeline.core.images import load_rgb
 from pipeline.core.schemas import BOXES_SCHEMA
 from pipeline.core.shards import World, inputs_digest, run_sharded
 from pipeline.core.tables import read_table, rejects_table, write_json, write_table
-from pipeline.data.phrase_boxes import PHRASE_RULES, ground_images, normalize_phrase
+from pipeline.data.phrase_boxes import MATCH_STEPS, NO_MATCH, PHRASE_RULES, REPLACED, ground_images, normalize_phrase
 from pipeline.models.grounding_dino import load_grounding_dino, resolve_config_path
 
 log = logging.getLogger(__name__)
@@ -54,7 +61,7 @@ class GroundConfig:
     text_encoder: str = "models/tiny/bert"
     box_threshold: float = 0.25
     text_threshold: float = 0.25
-    phrase_rule: str = "best_phrase"  # best_phrase | official (TokenCompose's: max over all tokens, decoded phrase)
+    phrase_rule: str = "best_phrase"  # best_phrase | exact_phrase | official (TokenCompose's matching chain)
     image_size: int = 320
     max_size: int = 533
     batch_size: int = 4
@@ -134,7 +141,7 @@ def run_ground(cfg: GroundConfig, captions_path: str | Path, nouns_path: str | P
                         rejects.append((str(n["noun_id"]), "unreadable_image", f"{image_paths[image_id]}: {e}"))
                     continue
                 batch_ids.append(image_id)
-                prompts.append(sorted({normalize_phrase(n["text"]) for n in by_image[image_id]}))
+                prompts.append(image_phrases(by_image[image_id], cfg.phrase_rule))
             if not batch_ids:
                 continue
             detections = ground_images(
@@ -153,10 +160,20 @@ def run_ground(cfg: GroundConfig, captions_path: str | Path, nouns_path: str | P
         return None
     write_table(result.rejects, out / "rejects.parquet")
     boxes = read_table(out / "boxes").to_pylist()
-    reasons = result.rejects.column("reason").to_pylist()
-    n_unmatched = reasons.count(UNMATCHED_REASON)
-    summary = _summary(nouns, boxes, len(reasons) - n_unmatched, len(items))
+    summary = _stage_summary(cfg, nouns, boxes, result.rejects.column("reason").to_pylist(), len(items))
+    write_json(summary, out / "summary.json")
+    return summary
+
+
+def _stage_summary(cfg: GroundConfig, nouns: list[dict], boxes: list[dict], reasons: list[str], images: int) -> dict:
+    """Counts of nouns and boxes (``_summary``), boxes by match step, and the box recall against
+    the reference when ``cfg.reference`` is set."""
+    n_unmatched, n_replaced = reasons.count(UNMATCHED_REASON), reasons.count(REPLACED_REASON)
+    summary = _summary(nouns, boxes, len(reasons) - n_unmatched - n_replaced, images)
     summary["boxes_without_noun"] = n_unmatched
+    if cfg.phrase_rule == "official":
+        summary["boxes_replaced"] = n_replaced
+        summary["box_matches"] = box_matches(boxes, n_unmatched, n_replaced)
     if cfg.reference:
         from pipeline.data.mask_quality import box_recall
 
@@ -166,20 +183,42 @@ def run_ground(cfg: GroundConfig, captions_path: str | Path, nouns_path: str | P
         if not quality["quality_measure"]:
             quality["note"] = "tiny random Grounding DINO: this recall tests the plumbing, it measures no box quality"
         summary["box_quality"] = quality
-    write_json(summary, out / "summary.json")
     return summary
 
 
 UNMATCHED_REASON = "phrase_matches_no_noun"
+REPLACED_REASON = "phrase_replaced"
+
+
+def image_phrases(nouns: list[dict], phrase_rule: str) -> list[str]:
+    """The phrases of one image's prompt: ``official``: the distinct nouns (by normalised text) in
+    noun_id order, as written; otherwise the sorted distinct normalised texts."""
+    if phrase_rule != "official":
+        return sorted({normalize_phrase(n["text"]) for n in nouns})
+    first: dict[str, str] = {}
+    for n in sorted(nouns, key=lambda n: n["noun_id"]):
+        first.setdefault(normalize_phrase(n["text"]), n["text"])
+    return list(first.values())
 
 
 def _boxes_without_noun(image_id: int, detections: list) -> list[tuple[str, str, str]]:
-    """Reject rows for the boxes whose decoded phrase matched no noun (``phrase_index == -1``)."""
+    """Reject rows for the boxes that give no noun a box (``phrase_index == -1``)."""
     out = []
     for k, d in enumerate(d for d in detections if d.phrase_index < 0):
         box = ", ".join(f"{v:.1f}" for v in d.box_xyxy)
-        out.append((f"{image_id}:box{k}", UNMATCHED_REASON, f"decoded {d.phrase!r}, score {d.score:.3f}, box [{box}]"))
+        reason = REPLACED_REASON if d.match == REPLACED else UNMATCHED_REASON
+        out.append((f"{image_id}:box{k}", reason, f"decoded {d.phrase!r}, score {d.score:.3f}, box [{box}]"))
     return out
+
+
+def box_matches(boxes: list[dict], unmatched: int, replaced: int) -> dict[str, int]:
+    """Boxes by the step of the release's chain that gave them a noun (a box shared by several
+    occurrences of one noun counted once), plus the boxes matched to nothing or replaced."""
+    seen = {(r["image_id"], r["phrase"], r["box_index"], r["match"]) for r in boxes if r["found"]}
+    counts = {step: 0 for step in MATCH_STEPS}
+    for *_, step in seen:
+        counts[step] += 1
+    return {**counts, NO_MATCH: unmatched, REPLACED: replaced}
 
 
 def _rows_for_image(nouns: list[dict], phrases: list[str], detections: list) -> list[dict]:
@@ -188,7 +227,7 @@ def _rows_for_image(nouns: list[dict], phrases: list[str], detections: list) -> 
     for d in detections:
         if d.phrase_index >= 0:
             per_phrase[d.phrase_index].append(d)
-    index = {p: i for i, p in enumerate(phrases)}
+    index = {normalize_phrase(p): i for i, p in enumerate(phrases)}
     rows = []
     for n in sorted(nouns, key=lambda n: n["noun_id"]):
         base = {k: n[k] for k in ("noun_id", "caption_id", "image_id", "text")}
@@ -199,7 +238,7 @@ def _rows_for_image(nouns: list[dict], phrases: list[str], detections: list) -> 
             x0, y0, x1, y1 = d.box_xyxy
             rows.append(
                 {**base, "box_index": b, "found": True, "x0": x0, "y0": y0, "x1": x1, "y1": y1,
-                 "score": d.score, "phrase": d.phrase}
+                 "score": d.score, "phrase": d.phrase, "match": d.match or None}
             )
     return rows
 

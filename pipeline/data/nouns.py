@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 from pipeline.core.config import ConfigError
 from pipeline.core.guards import check_rejects
+from pipeline.core.official_list import beside_official
 from pipeline.core.schemas import NOUNS_SCHEMA
 from pipeline.core.tables import read_table, rejects_table, write_json, write_table
 from pipeline.data.tokens import (
@@ -177,7 +178,7 @@ class NounsConfig:
     source: str = "spacy"                # spacy | official (TokenCompose's attn_list nouns)
     occurrence: str = "all"              # all | first (each distinct noun of a caption once)
     token_rule: str = "span"             # span (the noun's own chars) | official (first token-sequence match)
-    max_reject_share: float = 0.5        # more captions rejected than this share: the stage fails
+    max_reject_share: float = 0.5        # more captions, or nouns (null masks aside), rejected: the stage fails
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -511,6 +512,143 @@ def _official_rule(tokenizer: CaptionTokenizer, caption: str, enc, noun: str) ->
     return NounSpan(caption[start:end], " ".join(noun.lower().split()), start, end), inside, len(inside) < len(found)
 
 
+Found = tuple[NounSpan, list[int], bool]  # a kept noun, its token indices, truncated
+
+
+def _span_tokens(tokenizer: CaptionTokenizer, caption: str, enc, noun: NounSpan) -> Found:
+    """``token_rule: span``: the tokens of the noun's own characters."""
+    return (noun, *span_token_indices(enc, noun.start, noun.end))
+
+
+def _official_tokens(tokenizer: CaptionTokenizer, caption: str, enc, noun: NounSpan) -> Found | None:
+    """``token_rule: official``: the first match of the noun's token sequence in the caption's (a
+    noun without a span, ``start < 0``, takes the span of the tokens found); None when none."""
+    found = _official_rule(tokenizer, caption, enc, noun.text)
+    if found is None:
+        return None
+    return (found[0] if noun.start < 0 else noun), found[1], found[2]
+
+
+TOKEN_RULE_FNS = {"span": _span_tokens, "official": _official_tokens}
+
+
+def _tokens(tokenizer: CaptionTokenizer, caption: str, enc, noun: NounSpan, token_rule: str) -> Found | None:
+    """A noun's token indices by ``token_rule`` (``TOKEN_RULE_FNS``)."""
+    return TOKEN_RULE_FNS[token_rule](tokenizer, caption, enc, noun)
+
+
+def _official_candidate(caption: str, noun: str, key: str, token_rule: str) -> NounSpan | None:
+    """An ``attn_list`` noun as a NounSpan: located in the caption (``span``), or left to the tokens
+    (``official``, start -1); None when the span rule cannot find it."""
+    if token_rule == "official":
+        return NounSpan(noun, key, -1, -1)
+    span = _locate(caption, noun)
+    return None if span is None else NounSpan(caption[span[0]:span[1]], key, *span)
+
+
+@dataclass
+class _Build:
+    """What ``build_nouns`` accumulates: the table's columns, rejects and counts."""
+
+    columns: dict[str, list]
+    rejects: list[tuple[str, str, str]]
+    noun_rejects: list[tuple[str, str, str]]
+    considered: int = 0
+    repeats: int = 0
+    truncated: int = 0
+    empty: int = 0
+
+    def reject_noun(self, cid: int, noun: str, reason: str, detail: str) -> None:
+        self.noun_rejects.append((f"{cid}:{noun}", reason, detail))
+
+    def add_caption(self, cid: int, iid: int, caption: str, rows: list[Found]) -> None:
+        if not rows:
+            self.rejects.append((str(cid), "no_usable_nouns", f"every noun of {caption!r} was rejected"))
+            return
+        if len(rows) >= MAX_NOUNS_PER_CAPTION:
+            raise ValueError(f"caption {cid} has {len(rows)} nouns; noun_id allows < {MAX_NOUNS_PER_CAPTION}")
+        for j, (noun, indices, truncated) in enumerate(rows):
+            if not indices and not truncated:
+                self.empty += 1
+                log.warning("caption %s: noun %r has no CLIP tokens", cid, noun.text)
+            self.truncated += truncated
+            for name, value in (("noun_id", cid * MAX_NOUNS_PER_CAPTION + j), ("caption_id", cid), ("image_id", iid),
+                                ("noun_index", j), ("text", noun.text), ("lemma", noun.lemma), ("start", noun.start),
+                                ("end", noun.end), ("token_indices", indices), ("truncated", truncated)):
+                self.columns[name].append(value)
+
+
+def _official_source_rows(b: _Build, cid: int, caption: str, raw: str | None, tokenizer: CaptionTokenizer,
+                          token_rule: str) -> list[Found] | None:
+    """``source: official``: a caption's ``attn_list`` nouns with a mask, each distinct noun once."""
+    entries = _official_entries(raw)
+    if entries is None:
+        why = "no_official_nouns" if raw is None else "bad_official_nouns"
+        b.rejects.append((str(cid), why, f"official_nouns = {raw!r}"))
+        return None
+    enc = tokenizer.encode(caption)
+    rows: list[Found] = []
+    seen: set[str] = set()
+    for noun, has_mask in entries:
+        b.considered += 1
+        key = " ".join(noun.lower().split())
+        if not has_mask:
+            b.reject_noun(cid, noun, "null_mask", "attn_list mask path is null")
+            continue
+        if key in seen:
+            b.reject_noun(cid, noun, "repeated_noun", "listed before in this caption")
+            continue
+        candidate = _official_candidate(caption, noun, key, token_rule)
+        found = None if candidate is None else _tokens(tokenizer, caption, enc, candidate, token_rule)
+        if found is None:
+            b.reject_noun(cid, noun, "not_in_caption", f"not found in {caption!r}")
+            continue
+        seen.add(key)
+        rows.append(found)
+    return rows
+
+
+def _spacy_source_rows(b: _Build, cid: int, caption: str, nouns: list[NounSpan], tokenizer: CaptionTokenizer,
+                       occurrence: str, token_rule: str) -> list[Found] | None:
+    """``source: spacy``: the extracted nouns, every occurrence or the first of each text."""
+    if not nouns:
+        b.rejects.append((str(cid), "no_nouns", f"no NN* token in {caption!r}"))
+        return None
+    enc = tokenizer.encode(caption)
+    rows: list[Found] = []
+    seen: set[str] = set()
+    for noun in nouns:
+        key = " ".join(noun.text.lower().split())
+        if occurrence == "first" and key in seen:
+            b.repeats += 1
+            continue
+        seen.add(key)
+        b.considered += 1
+        found = _tokens(tokenizer, caption, enc, noun, token_rule)
+        if found is None:
+            b.reject_noun(cid, noun.text, "not_in_caption", f"tokens not found in {caption!r}")
+            continue
+        rows.append(found)
+    return rows
+
+
+def _caption_columns(captions: pa.Table, source: str) -> tuple[list, list, list, list]:
+    """caption_id, image_id, caption and official_nouns lists of a checked captions table."""
+    missing = [c for c in CAPTION_COLUMNS if c not in captions.column_names]
+    if missing:
+        raise ValueError(f"captions table lacks column(s) {missing}; has {captions.column_names}")
+    caption_ids = captions.column("caption_id").to_pylist()
+    texts = captions.column("caption").to_pylist()
+    if any(t is None for t in texts):
+        raise ValueError("captions table has null captions")
+    dupes = [k for k, c in Counter(caption_ids).items() if c > 1]
+    if dupes:
+        raise ValueError(f"caption_id is not unique: {len(dupes)} repeated, e.g. {dupes[:5]}")
+    raw = (captions.column(OFFICIAL_COLUMN).to_pylist() if source == "official" and OFFICIAL_COLUMN in
+           captions.column_names else [None] * len(texts))
+    return caption_ids, captions.column("image_id").to_pylist(), texts, raw
+
+
 def build_nouns(
     captions: pa.Table,
     nlp,
@@ -536,143 +674,57 @@ def build_nouns(
                                  ("token_rule", token_rule, TOKEN_RULES)):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    missing = [c for c in CAPTION_COLUMNS if c not in captions.column_names]
-    if missing:
-        raise ValueError(f"captions table lacks column(s) {missing}; has {captions.column_names}")
-    caption_ids = captions.column("caption_id").to_pylist()
-    image_ids = captions.column("image_id").to_pylist()
-    texts = captions.column("caption").to_pylist()
-    if any(t is None for t in texts):
-        raise ValueError("captions table has null captions")
-    dupes = [k for k, c in Counter(caption_ids).items() if c > 1]
-    if dupes:
-        raise ValueError(f"caption_id is not unique: {len(dupes)} repeated, e.g. {dupes[:5]}")
-    official = source == "official"
-    if official:
-        raw_lists = (captions.column(OFFICIAL_COLUMN).to_pylist() if OFFICIAL_COLUMN in captions.column_names
-                     else [None] * len(texts))
-
-    extractor = None if official else NounExtractor(nlp)
-    columns: dict[str, list] = {name: [] for name in NOUNS_SCHEMA.names}
-    rejects: list[tuple[str, str, str]] = []
-    noun_rejects: list[tuple[str, str, str]] = []
-    n_truncated = n_empty = n_considered = n_repeats = 0
+    caption_ids, image_ids, texts, raw_lists = _caption_columns(captions, source)
+    b = _Build({name: [] for name in NOUNS_SCHEMA.names}, [], [])
     t0 = time.perf_counter()
-    bar = tqdm(total=len(texts), desc="nouns", unit="caption", disable=not progress, smoothing=0.1)
-    nouns_iter = None if official else extractor.pipe(texts, batch_size=batch_size)
-    for lo in range(0, len(texts), batch_size):
-        hi = min(lo + batch_size, len(texts))
-        for k in range(lo, hi):
-            cid, iid, caption = caption_ids[k], image_ids[k], texts[k]
-            rows: list[tuple[NounSpan, list[int], bool]] = []
-            seen: set[str] = set()
-            if official:
-                entries = _official_entries(raw_lists[k])
-                if entries is None:
-                    why = "no_official_nouns" if raw_lists[k] is None else "bad_official_nouns"
-                    rejects.append((str(cid), why, f"official_nouns = {raw_lists[k]!r}"))
-                    continue
-                enc = tokenizer.encode(caption)
-                for noun, has_mask in entries:
-                    n_considered += 1
-                    key = " ".join(noun.lower().split())
-                    if not has_mask:
-                        noun_rejects.append((f"{cid}:{noun}", "null_mask", "attn_list mask path is null"))
-                    elif key in seen:
-                        noun_rejects.append((f"{cid}:{noun}", "repeated_noun", "listed before in this caption"))
-                    else:
-                        found = None
-                        if token_rule == "official":
-                            found = _official_rule(tokenizer, caption, enc, noun)
-                        else:
-                            span = _locate(caption, noun)
-                            if span is not None:
-                                idx, trunc = span_token_indices(enc, *span)
-                                found = NounSpan(caption[span[0]:span[1]], key, *span), idx, trunc
-                        if found is None:
-                            noun_rejects.append((f"{cid}:{noun}", "not_in_caption", f"not found in {caption!r}"))
-                        else:
-                            seen.add(key)
-                            rows.append(found)
-            else:
-                nouns = next(nouns_iter)
-                enc = tokenizer.encode(caption) if nouns else None
-                for noun in nouns:
-                    key = " ".join(noun.text.lower().split())
-                    if occurrence == "first" and key in seen:
-                        n_repeats += 1
-                        continue
-                    seen.add(key)
-                    n_considered += 1
-                    if token_rule == "official":
-                        found = _official_rule(tokenizer, caption, enc, noun.text)
-                        if found is None:
-                            noun_rejects.append((f"{cid}:{noun.text}", "not_in_caption",
-                                                 f"tokens not found in {caption!r}"))
-                            continue
-                        rows.append((noun, found[1], found[2]))
-                    else:
-                        rows.append((noun, *span_token_indices(enc, noun.start, noun.end)))
-                if not nouns:
-                    rejects.append((str(cid), "no_nouns", f"no NN* token in {caption!r}"))
-                    continue
-            if not rows:
-                rejects.append((str(cid), "no_usable_nouns", f"every noun of {caption!r} was rejected"))
-                continue
-            if len(rows) >= MAX_NOUNS_PER_CAPTION:
-                raise ValueError(f"caption {cid} has {len(rows)} nouns; noun_id allows < {MAX_NOUNS_PER_CAPTION}")
-            for j, (noun, indices, truncated) in enumerate(rows):
-                if not indices and not truncated:
-                    n_empty += 1
-                    log.warning("caption %s: noun %r has no CLIP tokens", cid, noun.text)
-                n_truncated += truncated
-                columns["noun_id"].append(cid * MAX_NOUNS_PER_CAPTION + j)
-                columns["caption_id"].append(cid)
-                columns["image_id"].append(iid)
-                columns["noun_index"].append(j)
-                columns["text"].append(noun.text)
-                columns["lemma"].append(noun.lemma)
-                columns["start"].append(noun.start)
-                columns["end"].append(noun.end)
-                columns["token_indices"].append(indices)
-                columns["truncated"].append(truncated)
-        bar.update(hi - lo)
-    bar.close()
-    elapsed = time.perf_counter() - t0
+    spacy_nouns = None if source == "official" else NounExtractor(nlp).pipe(texts, batch_size=batch_size)
+    for k in tqdm(range(len(texts)), desc="nouns", unit="caption", disable=not progress, smoothing=0.1):
+        cid, caption = caption_ids[k], texts[k]
+        if spacy_nouns is None:
+            rows = _official_source_rows(b, cid, caption, raw_lists[k], tokenizer, token_rule)
+        else:
+            rows = _spacy_source_rows(b, cid, caption, next(spacy_nouns), tokenizer, occurrence, token_rule)
+        if rows is not None:
+            b.add_caption(cid, image_ids[k], caption, rows)
+    nouns_table = pa.Table.from_pydict(b.columns, schema=NOUNS_SCHEMA)
+    summary = _nouns_summary(b, nouns_table, len(texts), (source, occurrence, token_rule))
+    log.info("%d captions -> %d nouns in %d captions, %d rejected, %d truncated nouns (%.0f captions/s)",
+             len(texts), nouns_table.num_rows, summary["captions_with_nouns"], len(b.rejects), b.truncated,
+             len(texts) / max(time.perf_counter() - t0, 1e-9))
+    return nouns_table, rejects_table(STAGE, b.rejects + b.noun_rejects), summary
 
-    nouns_table = pa.Table.from_pydict(columns, schema=NOUNS_SCHEMA)
-    rejects_tbl = rejects_table(STAGE, rejects + noun_rejects)
-    kept = len(set(columns["caption_id"]))
-    by_reason = dict(Counter(r for _, r, _ in rejects))
+
+def _nouns_summary(b: _Build, nouns_table: pa.Table, n_captions: int, mode: tuple[str, str, str]) -> dict:
+    """The summary; counts that do not add up are a RuntimeError."""
+    kept = len(set(b.columns["caption_id"]))
     summary = {
-        "input_captions": len(texts),
+        "input_captions": n_captions,
         "captions_with_nouns": kept,
-        "rejected": by_reason,
+        "rejected": dict(Counter(r for _, r, _ in b.rejects)),
         "nouns": nouns_table.num_rows,
-        "truncated_nouns": n_truncated,
-        "nouns_without_tokens": n_empty,
+        "truncated_nouns": b.truncated,
+        "nouns_without_tokens": b.empty,
         "nouns_per_caption": round(nouns_table.num_rows / kept, 4) if kept else 0.0,
-        "check_input_equals_kept_plus_rejected": kept + len(rejects) == len(texts),
+        "check_input_equals_kept_plus_rejected": kept + len(b.rejects) == n_captions,
     }
-    if (source, occurrence, token_rule) != ("spacy", "all", "span"):
-        summary.update({
-            "source": source, "occurrence": occurrence, "token_rule": token_rule,
-            "nouns_considered": n_considered,
-            "rejected_nouns": dict(Counter(r for _, r, _ in noun_rejects)),
-            "repeats_dropped": n_repeats,
-            "check_considered_equals_nouns_plus_rejected":
-                n_considered == nouns_table.num_rows + len(noun_rejects),
-        })
-        if n_considered != nouns_table.num_rows + len(noun_rejects):
-            raise RuntimeError(f"nouns do not add up: {n_considered} considered, {nouns_table.num_rows} kept "
-                               f"+ {len(noun_rejects)} rejected")
-    if kept + len(rejects) != len(texts):
-        raise RuntimeError(f"captions do not add up: {len(texts)} in, {kept} kept + {len(rejects)} rejected")
-    log.info(
-        "%d captions -> %d nouns in %d captions, %d rejected, %d truncated nouns (%.0f captions/s)",
-        len(texts), nouns_table.num_rows, kept, len(rejects), n_truncated, len(texts) / max(elapsed, 1e-9),
-    )
-    return nouns_table, rejects_tbl, summary
+    if kept + len(b.rejects) != n_captions:
+        raise RuntimeError(f"captions do not add up: {n_captions} in, {kept} kept + {len(b.rejects)} rejected")
+    if mode == ("spacy", "all", "span"):
+        return summary
+    adds_up = b.considered == nouns_table.num_rows + len(b.noun_rejects)
+    summary.update({
+        "source": mode[0], "occurrence": mode[1], "token_rule": mode[2],
+        "nouns_considered": b.considered,
+        "rejected_nouns": dict(Counter(r for _, r, _ in b.noun_rejects)),
+        "repeats_dropped": b.repeats,
+        "check_considered_equals_nouns_plus_rejected": adds_up,
+    })
+    if not adds_up:
+        raise RuntimeError(f"nouns do not add up: {b.considered} considered, {nouns_table.num_rows} kept "
+                           f"+ {len(b.noun_rejects)} rejected")
+    if mode[0] == "official":  # the paper data mode: beside the official list's figures
+        summary.update(beside_official(captions=kept, nouns=b.considered, masked_nouns=nouns_table.num_rows))
+    return summary
 
 
 REJECT_HINTS = {
@@ -681,18 +733,28 @@ REJECT_HINTS = {
                          "use nouns.source spacy for COCO captions",
     "bad_official_nouns": "is dataset.captions TokenCompose's metadata.jsonl?",
     "no_usable_nouns": "do the official nouns occur in their captions (nouns.token_rule)?",
+    "not_in_caption": "do the official nouns occur in their captions (nouns.token_rule)?",
+    "repeated_noun": "is dataset.captions TokenCompose's metadata.jsonl?",
 }
+#: the release's own outcome (no box found for the noun): recorded, not counted against max_reject_share
+EXPECTED_NOUN_REJECTS = frozenset({"null_mask"})
 
 
 def check_nouns(summary: dict, rejects: pa.Table, cfg: NounsConfig) -> None:
     """Fail (StageInputError) when no caption has a noun, or more than ``max_reject_share`` of the
-    captions are rejected; the error names the top reasons with an example and what to check."""
+    captions, or of the nouns considered, are rejected; the error names the top reasons with an
+    example and what to check. ``null_mask`` nouns (no mask in the official list: the release
+    found no box) are recorded but neither rejected against the share nor counted in it."""
     examples: dict[str, str] = {}
     for reason, detail in zip(rejects.column("reason").to_pylist(), rejects.column("detail").to_pylist()):
-        if reason in summary["rejected"]:
-            examples.setdefault(reason, detail)
+        examples.setdefault(reason, detail)
     check_rejects(STAGE, summary["input_captions"], summary["captions_with_nouns"], summary["rejected"],
                   cfg.max_reject_share, unit="captions", hints=REJECT_HINTS, examples=examples)
+    noun_rejects = {r: n for r, n in summary.get("rejected_nouns", {}).items() if r not in EXPECTED_NOUN_REJECTS}
+    if noun_rejects:
+        expected = sum(n for r, n in summary["rejected_nouns"].items() if r in EXPECTED_NOUN_REJECTS)
+        check_rejects(STAGE, summary["nouns_considered"] - expected, summary["nouns"], noun_rejects,
+                      cfg.max_reject_share, unit="nouns", hints=REJECT_HINTS, examples=examples)
 
 
 def run_nouns(cfg: NounsConfig, captions_path: str | Path, progress: bool = True) -> dict:

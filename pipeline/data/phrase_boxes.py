@@ -21,17 +21,29 @@ text_threshold)`` decodes for the query, with [CLS], [SEP] and separators left o
 upstream's later ``left_idx``/``right_idx`` arguments do), for inspection. This is
 ``phrase_rule="best_phrase"``.
 
-``phrase_rule="official"`` is the rule of TokenCompose's data preparation (groundingdino's
-``predict``, then the decoded phrase matched to a noun): a query is kept iff its maximum
-probability over ALL the prompt's tokens ([CLS], [SEP] and the `` . `` separators included,
-as ``prediction_logits.max(dim=1)`` does) is > ``box_threshold``, and that maximum is its
-score; its phrase is decoded from the tokens with probability > ``text_threshold`` (special
-tokens and ``.`` left out, whitespace collapsed) and assigned to the prompt phrase whose own
-tokens decode to exactly that text (so "teddy bear" matches a decoded "teddy bear", but
-a query spread over "teddy" and "dog" decodes to "teddy dog" and matches nothing). A kept
-query whose decoded phrase matches no phrase (or decodes to nothing) is returned with
-``phrase_index = -1``: a box without a noun, which the ``ground`` stage records as a reject
-(``phrase_matches_no_noun``) instead of guessing a noun for it.
+``phrase_rule="official"`` is the rule of TokenCompose's data preparation (the release's
+``preprocess_data/gen_mask.py``): a query is kept iff its maximum probability over ALL the
+prompt's tokens ([CLS], [SEP] and the `` . `` separators included, as
+``prediction_logits.max(dim=1)`` does) is > ``box_threshold``, and that maximum is its score;
+its phrase is what the release's ``get_phrases_from_posmap(prob > text_threshold)`` decodes
+(every prompt token but [CLS]: a separator or [SEP] above the threshold is part of the phrase,
+"dog." or "dog [SEP]", as there). The boxes of one image with the same decoded phrase form
+one group (the release unites their masks), and each decoded phrase is mapped to a noun of the
+image's list by ``match_official``'s chain: equal; its upper case; its lower case; ``" - "`` ->
+``"-"``; the first noun whose lower case is one of the phrase's words or that has the phrase as
+one of its words, overridden by the first noun that contains the phrase or is contained in it
+(lower case substrings; an empty phrase matches the first noun); else the first noun containing
+every word of the phrase. When two phrases map to one noun the later one (by its first query)
+keeps it, as the release's mask file of the later phrase overwrites the earlier one's. Boxes of
+a phrase that maps to nothing, or whose noun went to a later phrase, are returned with
+``phrase_index = -1`` (``match`` says which: ``none`` | ``replaced``); ``ground`` records them as
+rejects. ``Detection.match`` names the step that matched (``MATCH_STEPS``).
+
+``phrase_rule="exact_phrase"`` keeps and scores queries as ``official``, decodes their phrase
+with special tokens and ``.`` left out and whitespace collapsed, and gives a box only to the
+prompt phrase whose own tokens decode to exactly that text ("teddy bear" matches a
+decoded "teddy bear"; a query spread over "teddy" and "dog" decodes to "teddy dog" and matches
+nothing): fewer nouns get a box than in the release.
 
 Batching. Images are preprocessed exactly as groundingdino's ``load_image`` (resize to
 ``image_size`` on the shorter side, capped at ``max_size`` on the longer, ToTensor, ImageNet
@@ -51,7 +63,7 @@ normalised cxcywh relative to each image's unpadded size.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -61,7 +73,10 @@ from pipeline.core.images import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.models.grounding_dino import DEFAULT_MAX_TEXT_LEN, quiet_groundingdino
 
 
-PHRASE_RULES: tuple[str, ...] = ("best_phrase", "official")
+PHRASE_RULES: tuple[str, ...] = ("best_phrase", "exact_phrase", "official")
+#: the steps of ``match_official``'s chain, in order, and what an unmatched box is
+MATCH_STEPS: tuple[str, ...] = ("exact", "upper", "lower", "hyphen", "word", "substring", "all_words")
+NO_MATCH, REPLACED = "none", "replaced"
 
 
 @dataclass(frozen=True)
@@ -69,13 +84,17 @@ class Detection:
     """One box for one of an image's phrases; ``box_xyxy`` in original image pixels.
 
     ``phrase_index`` is -1 for a box whose decoded phrase matches none of the image's phrases
-    (``phrase_rule="official"`` only).
+    (``exact_phrase`` and ``official`` rules). ``query``: the query's position in the image's
+    model outputs (prompt-major); ``match``: ``official``'s step (``MATCH_STEPS``, ``none``,
+    ``replaced``), "" under the other rules.
     """
 
     phrase_index: int
     box_xyxy: tuple[float, float, float, float]
     score: float
     phrase: str
+    query: int = -1
+    match: str = ""
 
 
 @dataclass(frozen=True)
@@ -148,6 +167,79 @@ def phrase_token_positions(tokenizer, text: str, char_spans: Sequence[tuple[int,
     return positions
 
 
+# ----------------------------------------------------------------------------- the release's matching
+
+
+def _word_step(phrase: str, nouns: Sequence[str]) -> tuple[int | None, str]:
+    """Steps 5-6: a word of the other, then (winning whenever it matches) a substring of the other."""
+    low = phrase.lower()
+    words = low.split(" ")
+    found: int | None = None
+    for k, noun in enumerate(nouns):
+        if noun.lower() in words or low in noun.lower().split(" "):
+            found = k
+            break
+    for k, noun in enumerate(nouns):
+        if noun.lower() in low or low in noun.lower():
+            return k, "word" if k == found else "substring"
+    return found, "word"
+
+
+def match_official_step(phrase: str, nouns: Sequence[str]) -> tuple[int | None, str]:
+    """``match_official`` and the step of the chain that matched (``MATCH_STEPS``; ``none``)."""
+    for step, candidate in (("exact", phrase), ("upper", phrase.upper()), ("lower", phrase.lower()),
+                            ("hyphen", phrase.replace(" - ", "-"))):
+        if candidate in nouns:
+            return list(nouns).index(candidate), step
+    found, step = _word_step(phrase, nouns)
+    if found is not None:
+        return found, step
+    tokens = phrase.split(" ")
+    for k, noun in enumerate(nouns):
+        if all(t.lower() in noun.lower() for t in tokens):
+            return k, "all_words"
+    return None, NO_MATCH
+
+
+def match_official(phrase: str, nouns: Sequence[str]) -> int | None:
+    """The noun (its index in ``nouns``, the image's noun list) that TokenCompose's data preparation
+    gives a decoded Grounding DINO ``phrase``, or None.
+
+    The chain (``gen_mask.py``): the phrase itself; its upper case; its lower case; ``" - "``
+    replaced by ``"-"``; otherwise the first noun whose lower case is one of the phrase's words
+    (split on single spaces) or that has the phrase as one of its words, then overridden by the
+    first noun that contains the phrase or is contained in it (lower case; an empty phrase
+    matches the first noun); otherwise the first noun that contains every word of the phrase.
+    """
+    return match_official_step(phrase, nouns)[0]
+
+
+def assign_official(detections: Sequence[Detection], nouns: Sequence[str]) -> list[Detection]:
+    """One image's detections -> the same detections with ``phrase_index`` and ``match`` set.
+
+    Detections are grouped by decoded phrase (ordered by their first ``query``); each phrase is
+    matched with ``match_official``; when two phrases match one noun the later one keeps it and
+    the earlier one's boxes become ``replaced`` (``phrase_index = -1``).
+    """
+    order = sorted(detections, key=lambda d: d.query)
+    phrases = list(dict.fromkeys(d.phrase for d in order))
+    matched = {p: match_official_step(p, nouns) for p in phrases}
+    owner: dict[int, str] = {}
+    for p in phrases:
+        if matched[p][0] is not None:
+            owner[matched[p][0]] = p
+    out = []
+    for d in detections:
+        index, step = matched[d.phrase]
+        if index is None:
+            out.append(replace(d, phrase_index=-1, match=NO_MATCH))
+        elif owner[index] != d.phrase:
+            out.append(replace(d, phrase_index=-1, match=REPLACED))
+        else:
+            out.append(replace(d, phrase_index=index, match=step))
+    return out
+
+
 # ----------------------------------------------------------------------------- inference
 
 
@@ -188,7 +280,9 @@ def ground_images(
 
     ``phrases[i]`` are image i's distinct phrases; ``Detection.phrase_index`` indexes them.
     ``batch_size`` caps the prompts per forward (default: all that share an image size).
-    ``phrase_rule``: ``best_phrase`` | ``official`` (see the module docstring).
+    ``phrase_rule``: ``best_phrase`` | ``exact_phrase`` | ``official`` (see the module docstring);
+    under ``official`` the decoded phrases are matched to ``phrases[i]`` as given (case kept, as
+    the release matches against its noun list), while the prompt holds them normalised.
     """
     from groundingdino.util.misc import nested_tensor_from_tensor_list
 
@@ -200,25 +294,27 @@ def ground_images(
     max_text_len = getattr(model, "max_text_len", DEFAULT_MAX_TEXT_LEN)
 
     tensors = [preprocess_image(im, image_size, max_size) for im in images]
-    jobs: list[tuple[int, Prompt]] = [
-        (i, prompt) for i, ps in enumerate(phrases) if ps for prompt in build_prompts(ps, tokenizer, max_text_len)
+    jobs: list[tuple[int, int, Prompt]] = [
+        (i, k, prompt) for i, ps in enumerate(phrases) if ps
+        for k, prompt in enumerate(build_prompts(ps, tokenizer, max_text_len))
     ]
     results: list[list[Detection]] = [[] for _ in images]
-    shapes = [tuple(tensors[i].shape[-2:]) for i, _ in jobs]
+    shapes = [tuple(tensors[i].shape[-2:]) for i, _, _ in jobs]
     for batch in _batches(shapes, batch_size):
         samples = nested_tensor_from_tensor_list([tensors[jobs[j][0]] for j in batch]).to(device)
-        captions = [jobs[j][1].text for j in batch]
+        captions = [jobs[j][2].text for j in batch]
         with quiet_groundingdino():
             out = model(samples, captions=captions)
         probs = out["pred_logits"].float().sigmoid().cpu()  # (B, nq, 256)
         boxes = out["pred_boxes"].float().cpu()  # (B, nq, 4) cxcywh in [0, 1]
         for b, j in enumerate(batch):
-            i, prompt = jobs[j]
+            i, k, prompt = jobs[j]
             width, height = images[i].size
-            results[i].extend(
-                _detections(probs[b], boxes[b], prompt, tokenizer, box_threshold, text_threshold, width, height,
-                            phrase_rule)
-            )
+            dets = _detections(probs[b], boxes[b], prompt, tokenizer, box_threshold, text_threshold, width, height,
+                               phrase_rule)
+            results[i].extend(replace(d, query=d.query + k * probs.shape[1]) for d in dets)
+    if phrase_rule == "official":
+        results = [assign_official(dets, ps) for dets, ps in zip(results, phrases)]
     for dets in results:
         dets.sort(key=lambda d: -d.score)
     return results
@@ -240,14 +336,15 @@ def _detections(
 
     positions = phrase_token_positions(tokenizer, prompt.text, prompt.char_spans)
     tokenized = tokenizer(prompt.text)
-    if phrase_rule == "official":
-        best_score = probs.max(dim=1).values  # (nq,) over every prompt token, specials included
-        keep = best_score > box_threshold
-        own = {_decoded(tokenizer, [tokenized["input_ids"][k] for k in pos]): j for j, pos in enumerate(positions)}
-    else:
+    if phrase_rule == "best_phrase":
         phrase_scores = torch.stack([probs[:, pos].max(dim=1).values for pos in positions], dim=1)  # (nq, P)
         best_score, best = phrase_scores.max(dim=1)
         keep = (best_score > box_threshold) & (best_score > text_threshold)
+    else:
+        best_score = probs.max(dim=1).values  # (nq,) over every prompt token, specials included
+        keep = best_score > box_threshold
+    if phrase_rule == "exact_phrase":
+        own = {_decoded(tokenizer, [tokenized["input_ids"][k] for k in pos]): j for j, pos in enumerate(positions)}
     scale = torch.tensor([width, height, width, height], dtype=torch.float32)
     cx, cy, w, h = boxes.unbind(-1)
     xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1) * scale
@@ -257,22 +354,23 @@ def _detections(
     special = set(tokenizer.all_special_ids)
     words = torch.zeros(probs.shape[-1], dtype=torch.bool)
     words[: len(tokenized["input_ids"])] = torch.tensor([t not in special for t in tokenized["input_ids"]])
+    in_text = torch.zeros(probs.shape[-1], dtype=torch.bool)
+    in_text[1: len(tokenized["input_ids"])] = True  # the release's decode: every token but [CLS]
     for q in keep.nonzero().flatten().tolist():
-        posmap = (probs[q] > text_threshold) & words
-        text = " ".join(get_phrases_from_posmap(posmap, tokenized, tokenizer).replace(".", "").split())
         if phrase_rule == "official":
+            text = get_phrases_from_posmap((probs[q] > text_threshold) & in_text, tokenized, tokenizer)
+        else:
+            posmap = (probs[q] > text_threshold) & words
+            text = " ".join(get_phrases_from_posmap(posmap, tokenized, tokenizer).replace(".", "").split())
+        if phrase_rule == "best_phrase":
+            phrase_index = prompt.phrase_indices[int(best[q])]
+        elif phrase_rule == "exact_phrase":
             j = own.get(text, -1) if text else -1
             phrase_index = prompt.phrase_indices[j] if j >= 0 else -1
-        else:
-            phrase_index = prompt.phrase_indices[int(best[q])]
-        detections.append(
-            Detection(
-                phrase_index=phrase_index,
-                box_xyxy=tuple(float(v) for v in xyxy[q]),
-                score=float(best_score[q]),
-                phrase=text,
-            )
-        )
+        else:  # official: matched per image by assign_official
+            phrase_index = -1
+        box = tuple(float(v) for v in xyxy[q])
+        detections.append(Detection(phrase_index, box, float(best_score[q]), text, query=q))
     return detections
 
 

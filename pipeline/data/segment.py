@@ -9,6 +9,8 @@ Masks table (``data/segment/masks/part-*.parquet``, schema ``pipeline.core.schem
 one row per noun occurrence with at least one box, the mask as compressed COCO RLE.
 With ``export_png``, every mask is also written as ``png/<image_id>/<noun_id>_<text>.png``
 and every image gets an overlay ``overlays/<image_id>.png`` (caption, nouns, boxes, masks).
+In the paper data mode (captions from TokenCompose's list) the summary's ``official_list`` puts
+the nouns with a mask beside the official list's 13,634.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pipeline.core.config import fingerprint
 from pipeline.core.devices import resolve_device
 from pipeline.core.images import load_rgb
 from pipeline.core.masks import decode_rle, encode_rle, mask_to_png_bytes
+from pipeline.core.official_list import official_summary
 from pipeline.core.schemas import MASKS_SCHEMA
 from pipeline.core.shards import World, inputs_digest, run_sharded
 from pipeline.core.tables import (
@@ -78,8 +81,8 @@ def segment_fingerprint(cfg: SegmentConfig, captions_path: str | Path, boxes_pat
 
 def run_segment(cfg: SegmentConfig, captions_path: str | Path, boxes_path: str | Path) -> dict | None:
     """Run the stage; returns the summary on the main process."""
-    captions = read_table(captions_path, columns=["image_id", "path"]).to_pylist()
-    image_paths = {r["image_id"]: r["path"] for r in captions}
+    captions_table = read_table(captions_path, columns=["image_id", "path", "official_nouns"])
+    image_paths = {r["image_id"]: r["path"] for r in captions_table.select(["image_id", "path"]).to_pylist()}
     boxes = read_table(boxes_path).to_pylist()
     by_image: dict[int, list[dict]] = defaultdict(list)
     for b in boxes:
@@ -120,6 +123,7 @@ def run_segment(cfg: SegmentConfig, captions_path: str | Path, boxes_path: str |
 
         render_all_overlays(captions_path, boxes_path, out / "masks", out / "overlays")
     summary = _summary(boxes, masks, result.rejects.num_rows, len(items))
+    summary.update(official_summary(captions_table, masked_nouns=masks.num_rows))
     if cfg.reference:
         summary["mask_quality"] = report_mask_quality(masks, cfg.reference, image_paths, out,
                                                       random_model=cfg.model_type in TINY_TYPES)

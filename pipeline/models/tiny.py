@@ -12,6 +12,8 @@
     owlv2/, owlvit/            transformers detectors + processors, like google/owlv2-large-patch14-ensemble
                                and google/owlvit-base-patch32 (MultiGen, Object Accuracy)
     clip-vision/               a CLIP vision tower + image processor (the demo's FID features)
+    clip/                      a CLIP image-text model + processor, like openai/clip-vit-large-patch14-336
+                               (captions.select clip_best)
 
 The stages load these through exactly the code that loads the real checkpoints.
 """
@@ -36,6 +38,7 @@ class DemoModelsConfig:
 
 def build_tiny_models(cfg: DemoModelsConfig) -> dict[str, str]:
     """Build every tiny model into ``cfg.out_dir``; returns {name: path}."""
+    from pipeline.models.clip_model import build_tiny_clip
     from pipeline.models.clip_tokenizer import build_clip_tokenizer
     from pipeline.models.clip_vision_tiny import build_tiny_clip_vision
     from pipeline.models.grounding_dino_tiny import build_tiny_grounding_dino
@@ -55,7 +58,8 @@ def build_tiny_models(cfg: DemoModelsConfig) -> dict[str, str]:
     paths["owlv2"] = str(build_tiny_owlv2(out / "owlv2", cfg.seed, out / "clip-tokenizer"))
     paths["owlvit"] = str(build_tiny_owlvit(out / "owlvit", cfg.seed, out / "clip-tokenizer"))
     paths["clip_vision"] = str(build_tiny_clip_vision(out / "clip-vision", cfg.seed))
-    log.info("built the tiny OWLv2, OWL-ViT and CLIP vision models")
+    paths["clip"] = str(build_tiny_clip(out / "clip", cfg.seed, out / "clip-tokenizer"))
+    log.info("built the tiny OWLv2, OWL-ViT, CLIP vision and CLIP models")
     write_json({"seed": cfg.seed, "paths": paths}, out / "MANIFEST.json")
     write_random_weights_marker(out, "demo_models", cfg.seed)
     return paths
