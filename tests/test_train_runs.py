@@ -120,3 +120,19 @@ def test_side_work_that_fails_is_recorded_and_the_run_goes_on():
                     heldout_set=Broken(), resolutions=[4, 8], weight_dtype=torch.float32, heat_indices=[0])
     assert side.heldout(5) is None and side.heatmap_rows(5) is None
     assert len(side.errors) == 2 and all(e.startswith("step 5: ") for e in side.errors)
+
+
+def test_the_summary_states_paper_mode_counts_beside_the_official_list(tmp_path: Path):
+    import pyarrow as pa
+
+    from pipeline.core.tables import write_table
+    from pipeline.train.summary import official_ratios
+
+    counts = {"examples": 4480, "supervised_nouns": 13000}
+    official = tmp_path / "official.parquet"
+    write_table(pa.table({"caption_id": [1], "official_nouns": [["dog"]]}), official)
+    coco = tmp_path / "coco.parquet"
+    write_table(pa.table({"caption_id": [1], "official_nouns": pa.array([None], pa.list_(pa.string()))}), coco)
+    assert official_ratios(official, counts) == {"official_list": {"captions": round(4480 / 4526, 4),
+                                                                   "masked_nouns": round(13000 / 13634, 4)}}
+    assert official_ratios(coco, counts) == {}

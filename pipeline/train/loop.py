@@ -48,7 +48,7 @@ from pipeline.train.side_work import SideWork
 from pipeline.train.step import TrainingDiverged, check_finite, micro_step
 
 __all__ = ["TrainConfig", "TrainingDiverged", "run_train"]
-from pipeline.train.summary import build_summary
+from pipeline.train.summary import build_summary, official_ratios
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
     if not run.is_main:
         return None
     run.accelerator.unwrap_model(run.models.unet).save_pretrained(Path(cfg.out_dir) / "unet", safe_serialization=True)
-    summary = build_summary(cfg, run.layout, _run_record(run), run.data, run.base, run.last, run.side.errors)
+    summary = build_summary(cfg, run.layout, _run_record(run), run.data, run.base, run.last, run.side.errors,
+                            official_ratios(captions_path, run.data.summary))
     run.logger.finish(summary, run.data.rejects)
     log.info("trained %d steps in %.1f s", cfg.max_train_steps - run.start_step, time.perf_counter() - t0)
     return summary

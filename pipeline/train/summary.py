@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pipeline.core.official_list import SUMMARY_KEY, official_summary
 from pipeline.core.provenance import random_weights_flags
 from pipeline.train.config import BatchLayout, TrainConfig
 
@@ -27,8 +28,18 @@ def flags(cfg: TrainConfig, data: dict, heldout: list, heldout_nouns: int) -> li
     return found
 
 
+def official_ratios(captions_path, data: dict) -> dict[str, Any]:
+    """In the paper data mode: ``{"official_list": {"captions": examples / 4,526, "masked_nouns":
+    supervised nouns / 13,634}}`` (the counts themselves are the summary's ``examples`` and
+    ``supervised_nouns``); else ``{}``. Ratios only, so the summary stays one screen."""
+    entries = official_summary(captions_path, captions=data["examples"], masked_nouns=data["supervised_nouns"])
+    for name, e in entries.get(SUMMARY_KEY, {}).items():
+        log.info("train: %s %d beside the official list's %d (%.3f)", name, e["here"], e["official"], e["ratio"])
+    return {SUMMARY_KEY: {k: e["ratio"] for k, e in entries[SUMMARY_KEY].items()}} if entries else {}
+
+
 def build_summary(cfg: TrainConfig, layout: BatchLayout, run: dict[str, Any], data, base: dict[str, float],
-                  last: dict[str, float], side_errors: list[str]) -> dict[str, Any]:
+                  last: dict[str, float], side_errors: list[str], official: dict[str, Any]) -> dict[str, Any]:
     """Counts, the run's identity and resume, the headline values, flags and side-work failures.
 
     run: ``run`` (the run folder's name), ``resumed_from_step``, ``resumed_across_code_change``
@@ -49,6 +60,7 @@ def build_summary(cfg: TrainConfig, layout: BatchLayout, run: dict[str, Any], da
         # per-group loss values are in the dvclive curves; the summary keeps the headline ones
         **{f"final_{k}": v for k, v in last.items() if "/" not in k and "_r" not in k},
         **data.summary,
+        **official,
         "side_work_errors": side_errors,
         "flags": flags(cfg, data.summary, data.heldout, data.heldout_nouns),
     }
