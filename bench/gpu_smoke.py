@@ -69,6 +69,7 @@ REPO = Path(__file__).resolve().parents[1]
 SITE_ENV = "GPU_REPORT_GDINO_SITE"   # a folder with transformers < 5, for groundingdino-py
 FAIL_ENV = "GPU_SMOKE_FAIL"          # names a part that raises at its start (to check the isolation)
 COMMAND = "python -m bench.gpu_smoke"
+SHIMS = str(REPO / "bench" / "shims")
 
 #: The training settings of every training part, by name, over params.yaml's ``train`` section.
 #: BATCH is the one place that says how large a step is.
@@ -102,7 +103,7 @@ SITE_PARTS = ("prepare", "ground")
 def overrides(device: str, dry_run: bool) -> dict[str, dict]:
     """params.yaml sections -> the keys this run sets (the rest as in params.yaml)."""
     return {
-        "demo_data": {"num_images": 12},
+        "demo_data": {"num_images": 8},
         "dataset": {"format": "tokencompose", "captions": "data/demo/annotations/metadata.jsonl",
                     "coco_captions": "data/demo/annotations/captions_train.json"},
         "nouns": {"source": "official", "occurrence": "first", "token_rule": "official"},
@@ -587,8 +588,22 @@ def smoke(out: Path, work: Path | None = None, dry_run: bool = False, parts: lis
     return report
 
 
+def add_shims() -> list[str]:
+    """Stand-ins for ``cv2`` and ``matplotlib`` at the end of ``sys.path`` when they are not installed:
+    groundingdino-py's model module imports its plotting helper, which imports both (``bench/shims``).
+    Returns the stand-ins now importable."""
+    import importlib.util
+
+    missing = [m for m in ("cv2", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing and SHIMS not in sys.path:
+        sys.path.append(SHIMS)
+    return missing
+
+
 def child_main(args) -> None:
     """``--child PART``: run one part here, write its record to ``<work>/.<PART>.json``."""
+    if args.child in SITE_PARTS:
+        add_shims()
     rec = run_part_here(args.child, Path(args.work), args.device, args.dry_run, args.budget)
     (Path(args.work) / f".{args.child}.json").write_text(json.dumps(rec, default=str))
 

@@ -1,0 +1,5 @@
+"""Stand-in (see bench/shims/README.md)."""
+
+
+def __getattr__(name):
+    raise ImportError(f"matplotlib.pyplot.{name}: matplotlib is not installed (a stand-in from bench/shims)")
