@@ -96,12 +96,17 @@ DRY_BUDGET_S = 120
 CHILD_PARTS = ("prepare", "ground", "sd14_fp32", "sd14_bf16")
 #: versions named in the report (this process's; the children with the site get transformers from it)
 DISTRIBUTIONS = ("transformers", "diffusers", "accelerate", "peft", "dvclive", "groundingdino-py", "segment-anything",
-                 "pycocotools", "timm", "torchvision")
+                 "pycocotools", "timm", "torchvision", "scipy")
 SITE_PARTS = ("prepare", "ground")
 
 
 def overrides(device: str, dry_run: bool) -> dict[str, dict]:
-    """params.yaml sections -> the keys this run sets (the rest as in params.yaml)."""
+    """params.yaml sections -> the keys this run sets (the rest as in params.yaml).
+
+    The OWL detectors' default (PIL) image processors need scipy with transformers 5; without
+    scipy the evaluate part uses their torchvision processors (``fast_processor``), and says so.
+    """
+    fast = not _has("scipy")
     return {
         "demo_data": {"num_images": 8},
         "dataset": {"format": "tokencompose", "captions": "data/demo/annotations/metadata.jsonl",
@@ -114,12 +119,18 @@ def overrides(device: str, dry_run: bool) -> dict[str, dict]:
             "device": device, "grid_images": 2,
             "models": {"base": "models/tiny/sd/unet", "tokencompose": "data/train/unet"},
             "generation": {"steps": 4, "batch_size": 4},
-            "multigen": {"num_prompts": 2, "images_per_prompt": 1, "heatmap_prompts": 1},
-            "object_accuracy": {"num_prompts": 2},
+            "multigen": {"num_prompts": 2, "images_per_prompt": 1, "heatmap_prompts": 1, "fast_processor": fast},
+            "object_accuracy": {"num_prompts": 2, "fast_processor": fast},
             "fid": {"num_images": 4, "batch_size": 4},
             "attention": {"holdout_images": TRAIN["tiny"]["holdout_images"], "timesteps": [500]},
         },
     }
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -278,16 +289,42 @@ def write_metadata(ws: Path) -> Path:
     return path
 
 
+def build_models_but_grounding_dino(out: Path, seed: int = 0) -> None:
+    """What ``demo_models`` builds, less Grounding DINO (``build_tiny_models``' builders, in its order)."""
+    from pipeline.core.provenance import write_random_weights_marker
+    from pipeline.models.clip_tokenizer import build_clip_tokenizer
+    from pipeline.models.clip_vision_tiny import build_tiny_clip_vision
+    from pipeline.models.owl_tiny import build_tiny_owlv2, build_tiny_owlvit
+    from pipeline.models.sam import build_tiny_sam
+    from pipeline.models.stable_diffusion import build_tiny_sd
+
+    tok = build_clip_tokenizer(out / "clip-tokenizer")
+    build_tiny_sam(out / "sam", seed)
+    build_tiny_sd(out / "sd", seed, tokenizer_dir=tok)
+    build_tiny_owlv2(out / "owlv2", seed, tok)
+    build_tiny_owlvit(out / "owlvit", seed, tok)
+    build_tiny_clip_vision(out / "clip-vision", seed)
+    write_random_weights_marker(out, "demo_models", seed)
+
+
 def part_prepare(ws: Path, device: str, dry_run: bool) -> dict:
+    import transformers
+
     _stage("demo_data")
-    _stage("demo_models")
+    try:
+        _stage("demo_models")
+        failed = None
+    except Exception as e:   # noqa: BLE001  most likely groundingdino-py: the other parts still get their models
+        log.exception("demo_models failed; building the tiny models but Grounding DINO")
+        build_models_but_grounding_dino(ws / "models/tiny")
+        failed = e
     write_metadata(ws)
     _stage("captions")
     _stage("nouns")
     _stage("reference_masks")
+    if failed is not None:
+        raise failed
     nouns = _read_json(ws / "data/nouns/summary.json")
-    import transformers
-
     return {"captions": _read_json(ws / "data/captions/summary.json").get("kept"),
             "nouns": nouns.get("nouns", nouns.get("total_nouns")),
             "transformers": transformers.__version__}
@@ -357,6 +394,9 @@ def part_evaluate(ws: Path, device: str, dry_run: bool) -> dict:
     out.update({k: m.get(k) for k in ("object_accuracy", "fid", "latency_s_per_image")})
     out["attention_share"] = m.get("attention", {}).get("share")
     out["images"] = {k: v for k, v in m.get("counts", {}).items() if k.endswith("images")}
+    params = yaml.safe_load((ws / "params.yaml").read_text())["evaluate"]
+    if params["multigen"]["fast_processor"]:
+        out["note"] = "no scipy: OWL detectors with their torchvision image processors (fast_processor)"
     return out
 
 
@@ -568,7 +608,7 @@ def smoke(out: Path, work: Path | None = None, dry_run: bool = False, parts: lis
         for name in names:
             left = total_s - (time.perf_counter() - t0)
             budget = min(DRY_BUDGET_S if dry_run else BUDGET_S[name], left)
-            if budget < 5:
+            if left < 5:
                 rec = {"status": "skipped", "error": f"no time left of the {total_s:.0f} s in all", "seconds": 0.0}
             else:
                 log.info("part %s (budget %.0f s)", name, budget)

@@ -2,4 +2,6 @@
 
 
 def __getattr__(name):
+    if name.startswith("__"):
+        raise AttributeError(name)
     raise ImportError(f"matplotlib.transforms.{name}: matplotlib is not installed (a stand-in from bench/shims)")
