@@ -88,9 +88,11 @@ TRAIN = {
 #: --dry-run: the SD1.4 parts train the tiny Stable Diffusion at this size instead
 DRY_SD = {"pretrained": "models/tiny/sd", "expect": {"cross_attention_dim": 32, "prediction_type": "epsilon"},
           "resolution": 64, "num_workers": 0}
-#: seconds per part on the GPU (6 minutes in all); --dry-run: DRY_BUDGET_S each
-BUDGET_S = {"prepare": 45, "ground": 25, "segment": 15, "train": 35, "evaluate": 40, "sd14_build": 50,
-            "sd14_fp32": 85, "sd14_bf16": 65}
+#: seconds per part on the GPU, 6 minutes in all; a part also gets what the parts before it left
+#: unused (its deadline is the sum of the budgets so far), never less than its own budget while
+#: the 6 minutes last. --dry-run: DRY_BUDGET_S each.
+BUDGET_S = {"prepare": 40, "ground": 25, "segment": 15, "train": 35, "evaluate": 35, "sd14_build": 70,
+            "sd14_fp32": 80, "sd14_bf16": 60}
 DRY_BUDGET_S = 120
 #: parts run in a child process, and those of them that get the Grounding DINO site
 CHILD_PARTS = ("prepare", "ground", "sd14_fp32", "sd14_bf16")
@@ -209,18 +211,25 @@ def _read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+HEATMAP_ISSUE = ("KNOWN ISSUE worked around: the heatmap's attention maps reach .numpy() on the GPU "
+                 "(pipeline/train/loop.py _heatmap_rows -> pipeline/train/heatmaps.py noun_heatmap); "
+                 "moved to the CPU by the smoke run")
+
+
 @contextlib.contextmanager
 def instrument_train():
     """Time ``run_train``'s own step code from outside: each optimizer step (first micro-step to
     the logged step), heatmaps, held-out grounding and checkpoints (CUDA synchronised).
 
     Yields a dict filled during the run: ``step_s`` (one value per step), ``heatmap_s``,
-    ``heldout_s``, ``checkpoint_s``, and ``not_timed``: hooks the training code no longer has.
+    ``heldout_s``, ``checkpoint_s``, ``not_timed``: hooks the training code no longer has, and
+    ``workarounds``: known issues of the training code met and worked around (``HEATMAP_ISSUE``).
     """
     import pipeline.train.live as live
     import pipeline.train.loop as loop
 
-    timing: dict[str, Any] = {"step_s": [], "heatmap_s": [], "heldout_s": [], "checkpoint_s": [], "not_timed": []}
+    timing: dict[str, Any] = {"step_s": [], "heatmap_s": [], "heldout_s": [], "checkpoint_s": [], "not_timed": [],
+                              "workarounds": []}
     state: dict[str, float | None] = {"start": None}
     patched: list[tuple[Any, str, Any]] = []
 
@@ -261,9 +270,25 @@ def instrument_train():
             return wrapper
         return wrap
 
+    def heatmap_maps_to_cpu(orig):
+        """Known issue: ``_heatmap_rows`` (pipeline/train/loop.py) hands the renderer the attention maps on
+        the GPU, and ``noun_heatmap`` (pipeline/train/heatmaps.py) calls ``.numpy()`` on them. The maps
+        are moved to the CPU here, and the report says so, so that the rest of the run is measured."""
+        def wrapper(*a, **k):
+            rows = orig(*a, **k)
+            moved = False
+            for row in rows:
+                if any(m.device.type != "cpu" for m in row["maps"].values()):
+                    row["maps"] = {r: m.cpu() for r, m in row["maps"].items()}
+                    moved = True
+            if moved and HEATMAP_ISSUE not in timing["workarounds"]:
+                timing["workarounds"].append(HEATMAP_ISSUE)
+            return rows
+        return wrapper
+
     patch(loop, "_micro_step", micro)
     patch(live.TrainLogger, "log_step", logged)
-    patch(loop, "_heatmap_rows", timed("heatmap_s"))
+    patch(loop, "_heatmap_rows", lambda orig: timed("heatmap_s")(heatmap_maps_to_cpu(orig)))
     patch(loop, "_heldout_grounding", timed("heldout_s"))
     patch(loop, "save_checkpoint", timed("checkpoint_s"))
     try:
@@ -358,8 +383,9 @@ def _train_facts(summary: dict, timing: dict, out_dir: Path) -> dict:
              "heatmaps": [p.name for p in heat], "checkpoints": ckpts,
              "heldout_share": summary.get("final_heldout_attention_share"),
              "base_heldout_share": summary.get("base_heldout_attention_share"), **timing}
-    if not timing["not_timed"]:
-        facts.pop("not_timed")
+    for key in ("not_timed", "workarounds"):
+        if not timing[key]:
+            facts.pop(key)
     return facts
 
 
@@ -543,12 +569,20 @@ def environment(device: str) -> dict:
     return env
 
 
+def _workarounds(d: Any) -> list[str]:
+    if isinstance(d, dict):
+        return [w for k, v in d.items() for w in (v if k == "workarounds" else _workarounds(v))]
+    return []
+
+
 def _fmt_details(d: dict | None) -> str:
     if not d:
         return ""
     parts = []
     for k, v in d.items():
-        if isinstance(v, dict):
+        if k == "workarounds":
+            parts.append("KNOWN ISSUE worked around (below)")
+        elif isinstance(v, dict):
             parts.append(f"{k}: {{{_fmt_details(v)}}}")
         elif isinstance(v, float):
             parts.append(f"{k} {v:.4g}")
@@ -571,6 +605,10 @@ def to_markdown(report: dict) -> str:
         what = _fmt_details(p.get("details")) if p["status"] == "pass" else p.get("error", "")
         lines.append(f"| {name} | {p['status']} | {p.get('seconds', 0):.1f} s | {p.get('budget_s', 0):.0f} s | {peak} "
                      f"| {what.replace(chr(10), ' ')} |")
+    issues = {w: [n for n, p in parts.items() if w in _workarounds(p.get("details"))]
+              for p in parts.values() for w in _workarounds(p.get("details"))}
+    for issue, names in issues.items():
+        lines += ["", f"{issue} (parts: {', '.join(names)})"]
     failed = {n: p for n, p in parts.items() if p["status"] != "pass" and p.get("traceback")}
     for name, p in failed.items():
         lines += ["", f"{name}: {p['error']}", "", "```", p["traceback"].rstrip(), "```"]
@@ -604,10 +642,14 @@ def smoke(out: Path, work: Path | None = None, dry_run: bool = False, parts: lis
               "seconds": 0.0, "environment": environment(device), "parts": {}}
     total_s = total_s if total_s is not None else (DRY_BUDGET_S * len(PARTS) if dry_run else sum(BUDGET_S.values()))
     t0 = time.perf_counter()
+    deadline = 0.0
     try:
         for name in names:
-            left = total_s - (time.perf_counter() - t0)
-            budget = min(DRY_BUDGET_S if dry_run else BUDGET_S[name], left)
+            own = DRY_BUDGET_S if dry_run else BUDGET_S[name]
+            deadline += own
+            elapsed = time.perf_counter() - t0
+            left = total_s - elapsed
+            budget = min(max(deadline - elapsed, own), left)
             if left < 5:
                 rec = {"status": "skipped", "error": f"no time left of the {total_s:.0f} s in all", "seconds": 0.0}
             else:
