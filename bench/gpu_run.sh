@@ -13,7 +13,7 @@ source bench/gpu_env.sh
 out=${OUT:-bench/out}
 mkdir -p "$out"
 case "$what" in
-    smoke)  python3 -m bench.gpu_smoke --out "$out" "$@" 2>&1 | tee "$out/gpu_smoke.log" ;;
-    report) python3 -m bench --gpu "$@" | tee "$out/gpu_report.md" ;;
+    smoke)  "$PY" -m bench.gpu_smoke --out "$out" "$@" 2>&1 | tee "$out/gpu_smoke.log" ;;
+    report) "$PY" -m bench --gpu "$@" | tee "$out/gpu_report.md" ;;
     *) echo "unknown: $what (smoke or report)" >&2; exit 2 ;;
 esac

@@ -714,6 +714,8 @@ def main(argv: list[str] | None = None) -> None:
     report = smoke(out, args.work, args.dry_run, args.parts.split(",") if args.parts else None)
     sys.stdout.write(to_markdown(report))
     log.info("report: %s/gpu_smoke.md, .json", out)
+    if any(p["status"] != "pass" for p in report["parts"].values()):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
