@@ -2,9 +2,9 @@
 # Wheels for the GPU report and the GPU smoke run on a lent GPU machine (Python 3.12, torch 2.11,
 # transformers 5, accelerate, peft, pyarrow, pandas, pytest, timm; no diffusers, DVC, dvclive,
 # groundingdino-py, segment-anything, pycocotools; no network). Run here, once (make gpu-wheels):
-#     bash bench/gpu_wheels.sh            # -> .whl/ (gitignored), about 31 MiB
+#     bash bench/gpu_wheels.sh            # -> .whl/ (gitignored), about 30 MiB
 # then on the GPU machine, from the repo root, with .whl carried along:
-#     make gpu-smoke gpu-report           # or: bash bench/gpu_run.sh smoke; bash bench/gpu_run.sh report
+#     bash bench/gpu_run.sh smoke         # then: bash bench/gpu_run.sh report (make gpu-smoke / gpu-report)
 # bench/gpu_env.sh installs a wheel there only when the machine lacks its distribution, so the
 # machine's own packages stay as they are. Versions are the ones tested together here.
 set -euo pipefail
