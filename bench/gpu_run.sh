@@ -9,6 +9,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:?usage: bash bench/gpu_run.sh smoke|report [args]}
 shift
+PY=${PYTHON:-python3}
+case " $* " in
+    *" --dry-run "*|*" --quick "*) ;;
+    *) if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+           echo "bench/gpu_run.sh $what: no CUDA GPU visible to $PY (torch.cuda.is_available() is False, or no torch);" \
+                "nothing installed or run. On the CPU: bash bench/gpu_run.sh smoke --dry-run / report --quick" >&2
+           exit 2
+       fi ;;
+esac
 source bench/gpu_env.sh
 out=${OUT:-bench/out}
 mkdir -p "$out"

@@ -99,6 +99,14 @@ def test_without_cuda_it_stops_before_any_work(tmp_path: Path):
     proc = subprocess.run([sys.executable, "-m", "bench", "--gpu"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=HANG_TIMEOUT_S)
     assert proc.returncode != 0 and "the GPU report needs a GPU" in proc.stderr
+    site = tmp_path / "site"     # the lent machine's entry point: nothing installed either
+    env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", "GPU_SITE": str(site),
+           "OUT": str(out)}
+    for what in ("smoke", "report"):
+        proc = subprocess.run(["bash", "bench/gpu_run.sh", what], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=HANG_TIMEOUT_S)
+        assert proc.returncode == 2 and "no CUDA GPU visible" in proc.stderr and "nothing installed or run" in proc.stderr
+    assert not site.exists() and not out.exists()
 
 
 def _wheel(folder: Path, dist: str, module: str) -> Path:
