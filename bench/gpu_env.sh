@@ -18,7 +18,7 @@ _gpu_install() {   # _gpu_install TARGET WHEEL...
         mkdir -p "$target"
         for w in "$@"; do "$PY" -m zipfile -e "$w" "$target"; done
         for d in "$target"/*.data/purelib "$target"/*.data/platlib; do
-            [ -d "$d" ] && cp -r "$d"/. "$target"/
+            if [ -d "$d" ]; then cp -r "$d"/. "$target"/; fi
         done
     fi
 }
