@@ -124,14 +124,18 @@ def _wheel(folder: Path, dist: str, module: str) -> Path:
     return path
 
 
-def test_gpu_env_installs_only_the_carried_wheels_the_machine_lacks(tmp_path: Path):
+@pytest.mark.parametrize("with_pip", [True, False])
+def test_gpu_env_installs_only_the_carried_wheels_the_machine_lacks(tmp_path: Path, with_pip: bool):
     (tmp_path / ".whl").mkdir()
     _wheel(tmp_path / ".whl", "tc_smoke_probe", "tc_smoke_probe")
     _wheel(tmp_path / ".whl", "pip", "not_pip")               # the machine has pip: left out
     site = tmp_path / "site"
-    proc = subprocess.run(["bash", "-c", f"source {REPO}/bench/gpu_env.sh && echo \"$PYTHONPATH\""], cwd=tmp_path,
-                          env={**os.environ, "GPU_SITE": str(site), "PYTHONPATH": ""}, capture_output=True,
-                          text=True, timeout=HANG_TIMEOUT_S)
+    python = tmp_path / "python-without-pip"                  # a machine without pip: wheels unpacked
+    python.write_text(f'#!/usr/bin/env bash\n[ "$1 $2" = "-m pip" ] && exit 1\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    env = {**os.environ, "GPU_SITE": str(site), "PYTHONPATH": "", "PYTHON": sys.executable if with_pip else str(python)}
+    proc = subprocess.run(["bash", "-c", f"set -e; source {REPO}/bench/gpu_env.sh && echo \"$PYTHONPATH\""],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr
     assert (site / "tc_smoke_probe.py").is_file() and not (site / "not_pip.py").exists()
     assert proc.stdout.strip() == f"{site}:{tmp_path}"
