@@ -116,7 +116,7 @@ def overrides(device: str, dry_run: bool) -> dict[str, dict]:
         "nouns": {"source": "official", "occurrence": "first", "token_rule": "official"},
         "ground": {"device": device, "shard_size": 6},
         "segment": {"device": device, "shard_size": 6},
-        "train": TRAIN["tiny"],
+        "train": {**TRAIN["tiny"], "device": device},
         "evaluate": {
             "device": device, "grid_images": 2,
             "models": {"base": "models/tiny/sd/unet", "tokencompose": "data/train/unet"},
