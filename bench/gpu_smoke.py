@@ -6,7 +6,7 @@
 Parts, in order; each is isolated (an exception is recorded with the tail of its traceback and
 the next part runs) and has a time budget (a part past it is stopped and recorded as timed out):
 
-- ``prepare``: the demo dataset (``stages.demo_data``, 12 images), the tiny models
+- ``prepare``: the demo dataset (``stages.demo_data``, 8 images), the tiny models
   (``stages.demo_models``), ``captions``, ``nouns`` and ``reference_masks``. The nouns are the
   demo's own ground truth, written as a TokenCompose ``metadata.jsonl`` (``dataset.format:
   tokencompose``, ``nouns.source: official``, as the paper profiles), so spaCy is not needed.
@@ -20,10 +20,10 @@ the next part runs) and has a time budget (a part past it is stopped and recorde
 - ``sd14_build``: Stable Diffusion 1.4's architecture with random weights
   (``pipeline.models.rehearsal.build_sd``), built here, saved as a diffusers folder.
 - ``sd14_fp32``, ``sd14_bf16``: ``stages.train`` (``run_train`` itself) on it at 512 px,
-  2 optimizer steps of batch 1, heatmap, held-out grounding and checkpoint at step 1, in fp32
-  (AdamW state in the checkpoint, as the paper profile) and in bf16 mixed precision: time per
-  optimizer step (forward, losses, backward, clipping, AdamW), of the heatmap, the held-out
-  grounding and the checkpoint.
+  2 optimizer steps of batch 1 x accumulation 2, the paper's losses, gradient checkpointing,
+  heatmap, held-out grounding and checkpoint (the UNet; AdamW's state is checkpointed and resumed
+  in ``train``) at step 1, in fp32 and in bf16 mixed precision: time per optimizer step (forward,
+  losses, backward, clipping, AdamW), of the heatmap, the held-out grounding and the checkpoint.
 
 ``--dry-run`` runs every part on the CPU with tiny sizes (the SD1.4 parts train the tiny Stable
 Diffusion instead, ``sd14_build`` does nothing). Without ``--dry-run`` a machine without CUDA
