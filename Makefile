@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test bench rehearsal gpu-report gpu-wheels clean-partial
+.PHONY: setup repro test bench rehearsal gpu-smoke gpu-report gpu-wheels clean-partial
 
 setup: $(VENV)/.installed
 
@@ -31,11 +31,22 @@ bench: setup
 rehearsal: setup
 	python -m bench.rehearsal --profile rehearsal-sd14
 
-# one GPU, <= 8 min: training step, Grounding DINO, SAM, generation, OWLv2 at the paper's sizes
-gpu-report: setup
-	python -m bench --gpu
+# GPU machines. With .whl/ present (make gpu-wheels, carried to a lent machine that has no venv and
+# no network) the carried wheels are installed into /tmp/site instead of `make setup` (bench/gpu_env.sh).
+# Report and log: $OUT if set, else bench/out/. GPU_ARGS=--dry-run (smoke) / --quick (report): on the CPU.
+GPU_DEPS := $(if $(wildcard .whl/*.whl),,setup)
+GPU_ARGS ?=
 
-gpu-wheels:
+# one GPU, <= 6 min: ground, segment, train (heatmap, held-out grounding, checkpoint, resume) and evaluate
+# on CUDA with the tiny models, then SD1.4 training steps at 512 px in fp32 and bf16; one report
+gpu-smoke: $(GPU_DEPS)
+	bash bench/gpu_run.sh smoke $(GPU_ARGS)
+
+# one GPU, <= 8 min: training step, Grounding DINO, SAM, generation, OWLv2 at the paper's sizes
+gpu-report: $(GPU_DEPS)
+	bash bench/gpu_run.sh report $(GPU_ARGS)
+
+gpu-wheels: setup
 	bash bench/gpu_wheels.sh
 
 clean-partial:

@@ -253,6 +253,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    if args.part == "grounding_dino":
+        from bench.gpu_smoke import add_shims
+
+        add_shims()   # groundingdino-py imports cv2 and matplotlib for plotting only
     print(json.dumps(PARTS[args.part](args.device, args.quick)))
 
 

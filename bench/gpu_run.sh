@@ -1,14 +1,28 @@
 #!/usr/bin/env bash
-# On the lent GPU machine, from the repo root, with .whl/ (bench/gpu_wheels.sh) carried along:
-#     bash bench/gpu_run.sh [--quick]
-# Installs the wheels without an index into /tmp/site (the machine's own packages stay as
-# they are) and prints the report's Markdown table; a copy goes to $OUT/gpu_report.md if set.
+# On a GPU machine, from the repo root (make gpu-smoke / make gpu-report); on the lent machine
+# with .whl carried along (bench/gpu_wheels.sh here first):
+#     bash bench/gpu_run.sh smoke [--dry-run]     # bench/gpu_smoke.py: stage code on CUDA + SD1.4 steps, ~6 min
+#     bash bench/gpu_run.sh report [--quick]      # bench/gpu_report.py: the paper's models timed, ~8 min
+# Installs the carried wheels (bench/gpu_env.sh), then runs it; the report and its log go to
+# $OUT if set (the lent machine's output folder), else bench/out/.
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-# transformers 4.57 for the Grounding DINO part only, in a child process (bench/gpu_report.py)
-if compgen -G ".whl/gdino/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-gdino .whl/gdino/*.whl
-    export GPU_REPORT_GDINO_SITE=/tmp/site-gdino
-fi
-export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-python3 -m bench --gpu "$@" | tee "${OUT:-/tmp}/gpu_report.md"
+cd "$(dirname "$0")/.."
+what=${1:?usage: bash bench/gpu_run.sh smoke|report [args]}
+shift
+PY=${PYTHON:-python3}
+case " $* " in
+    *" --dry-run "*|*" --quick "*) ;;
+    *) if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+           echo "bench/gpu_run.sh $what: no CUDA GPU visible to $PY (torch.cuda.is_available() is False, or no torch);" \
+                "nothing installed or run. On the CPU: bash bench/gpu_run.sh smoke --dry-run / report --quick" >&2
+           exit 2
+       fi ;;
+esac
+source bench/gpu_env.sh
+out=${OUT:-bench/out}
+mkdir -p "$out"
+case "$what" in
+    smoke)  "$PY" -m bench.gpu_smoke --out "$out" "$@" 2>&1 | tee "$out/gpu_smoke.log" ;;
+    report) "$PY" -m bench --gpu "$@" | tee "$out/gpu_report.md" ;;
+    *) echo "unknown: $what (smoke or report)" >&2; exit 2 ;;
+esac

@@ -156,6 +156,8 @@ class Detector:
         for q in dict.fromkeys(q for q in queries if q not in self._text_cache):
             with torch.inference_mode():
                 feats = self.model.base_model.get_text_features(**self._tokenize([q]))  # (1, D)
+            if not isinstance(feats, torch.Tensor):  # transformers >= 5: a model output, projected pooler_output
+                feats = feats.pooler_output
             self._text_cache[q] = (feats / torch.linalg.norm(feats, ord=2, dim=-1, keepdim=True))[0]
         return torch.stack([self._text_cache[q] for q in queries])
 
