@@ -73,7 +73,7 @@ SHIMS = str(REPO / "bench" / "shims")
 
 #: The training settings of every training part, by name, over params.yaml's ``train`` section.
 #: BATCH is the one place that says how large a step is.
-BATCH = {"train_batch_size": 1, "gradient_accumulation_steps": 2}
+BATCH = {"global_batch_size": 2, "train_batch_size": 1}
 TRAIN = {
     "tiny": {**BATCH, "max_train_steps": 2, "checkpointing_steps": 1, "heatmap_steps": 1, "heatmap_captions": 2,
              "holdout_images": 2, "num_workers": 0},
@@ -211,25 +211,20 @@ def _read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-HEATMAP_ISSUE = ("KNOWN ISSUE worked around: the heatmap's attention maps reach .numpy() on the GPU "
-                 "(pipeline/train/loop.py _heatmap_rows -> pipeline/train/heatmaps.py noun_heatmap); "
-                 "moved to the CPU by the smoke run")
-
-
 @contextlib.contextmanager
 def instrument_train():
     """Time ``run_train``'s own step code from outside: each optimizer step (first micro-step to
     the logged step), heatmaps, held-out grounding and checkpoints (CUDA synchronised).
 
     Yields a dict filled during the run: ``step_s`` (one value per step), ``heatmap_s``,
-    ``heldout_s``, ``checkpoint_s``, ``not_timed``: hooks the training code no longer has, and
-    ``workarounds``: known issues of the training code met and worked around (``HEATMAP_ISSUE``).
+    ``heldout_s`` (step 0: the pretrained UNet), ``checkpoint_s``, ``not_timed``: hooks the training
+    code no longer has.
     """
     import pipeline.train.live as live
     import pipeline.train.loop as loop
+    from pipeline.train.side_work import SideWork
 
-    timing: dict[str, Any] = {"step_s": [], "heatmap_s": [], "heldout_s": [], "checkpoint_s": [], "not_timed": [],
-                              "workarounds": []}
+    timing: dict[str, Any] = {"step_s": [], "heatmap_s": [], "heldout_s": [], "checkpoint_s": [], "not_timed": []}
     state: dict[str, float | None] = {"start": None}
     patched: list[tuple[Any, str, Any]] = []
 
@@ -270,26 +265,10 @@ def instrument_train():
             return wrapper
         return wrap
 
-    def heatmap_maps_to_cpu(orig):
-        """Known issue: ``_heatmap_rows`` (pipeline/train/loop.py) hands the renderer the attention maps on
-        the GPU, and ``noun_heatmap`` (pipeline/train/heatmaps.py) calls ``.numpy()`` on them. The maps
-        are moved to the CPU here, and the report says so, so that the rest of the run is measured."""
-        def wrapper(*a, **k):
-            rows = orig(*a, **k)
-            moved = False
-            for row in rows:
-                if any(m.device.type != "cpu" for m in row["maps"].values()):
-                    row["maps"] = {r: m.cpu() for r, m in row["maps"].items()}
-                    moved = True
-            if moved and HEATMAP_ISSUE not in timing["workarounds"]:
-                timing["workarounds"].append(HEATMAP_ISSUE)
-            return rows
-        return wrapper
-
-    patch(loop, "_micro_step", micro)
+    patch(loop, "micro_step", micro)
     patch(live.TrainLogger, "log_step", logged)
-    patch(loop, "_heatmap_rows", lambda orig: timed("heatmap_s")(heatmap_maps_to_cpu(orig)))
-    patch(loop, "_heldout_grounding", timed("heldout_s"))
+    patch(SideWork, "heatmap_rows", timed("heatmap_s"))
+    patch(SideWork, "heldout", timed("heldout_s"))
     patch(loop, "save_checkpoint", timed("checkpoint_s"))
     try:
         yield timing
@@ -378,14 +357,14 @@ def _train_run(params: str, out_dir: Path) -> tuple[dict, dict]:
 
 def _train_facts(summary: dict, timing: dict, out_dir: Path) -> dict:
     heat = sorted((out_dir / "dvclive/plots/images/attention").glob("step-*.png"))
-    ckpts = sorted(p.name for p in (out_dir / "checkpoints").glob("step-*"))
+    ckpts = sorted(p.name for p in (out_dir / "checkpoints").glob("*/step-*"))
     facts = {"resumed_from_step": summary.get("resumed_from_step"), "final_total": summary.get("final_total"),
              "heatmaps": [p.name for p in heat], "checkpoints": ckpts,
              "heldout_share": summary.get("final_heldout_attention_share"),
-             "base_heldout_share": summary.get("base_heldout_attention_share"), **timing}
-    for key in ("not_timed", "workarounds"):
-        if not timing[key]:
-            facts.pop(key)
+             "base_heldout_share": summary.get("base_heldout_attention_share"),
+             "side_work_errors": summary.get("side_work_errors"), **timing}
+    if not timing["not_timed"]:
+        facts.pop("not_timed")
     return facts
 
 
@@ -570,20 +549,12 @@ def environment(device: str) -> dict:
     return env
 
 
-def _workarounds(d: Any) -> list[str]:
-    if isinstance(d, dict):
-        return [w for k, v in d.items() for w in (v if k == "workarounds" else _workarounds(v))]
-    return []
-
-
 def _fmt_details(d: dict | None) -> str:
     if not d:
         return ""
     parts = []
     for k, v in d.items():
-        if k == "workarounds":
-            parts.append("KNOWN ISSUE worked around (below)")
-        elif isinstance(v, dict):
+        if isinstance(v, dict):
             parts.append(f"{k}: {{{_fmt_details(v)}}}")
         elif isinstance(v, float):
             parts.append(f"{k} {v:.4g}")
@@ -606,10 +577,6 @@ def to_markdown(report: dict) -> str:
         what = _fmt_details(p.get("details")) if p["status"] == "pass" else p.get("error", "")
         lines.append(f"| {name} | {p['status']} | {p.get('seconds', 0):.1f} s | {p.get('budget_s', 0):.0f} s | {peak} "
                      f"| {what.replace(chr(10), ' ')} |")
-    issues = {w: [n for n, p in parts.items() if w in _workarounds(p.get("details"))]
-              for p in parts.values() for w in _workarounds(p.get("details"))}
-    for issue, names in issues.items():
-        lines += ["", f"{issue} (parts: {', '.join(names)})"]
     failed = {n: p for n, p in parts.items() if p["status"] != "pass" and p.get("traceback")}
     for name, p in failed.items():
         lines += ["", f"{name}: {p['error']}", "", "```", p["traceback"].rstrip(), "```"]
