@@ -146,7 +146,8 @@ def run_ground(cfg: GroundConfig, captions_path: str | Path, nouns_path: str | P
                 rejects.extend(_boxes_without_noun(image_id, dets))
         return pa.Table.from_pylist(rows, schema=BOXES_SCHEMA), rejects_table("ground", rejects)
 
-    fp = ground_fingerprint(cfg, captions_path, nouns_path, [image_paths[i] for i in items])
+    # once, on the main process: every input's bytes (cached by stat signature, pipeline.core.digests)
+    fp = world.on_main(lambda: ground_fingerprint(cfg, captions_path, nouns_path, [image_paths[i] for i in items]))
     out = Path(cfg.out_dir)
     result = run_sharded("ground", items, cfg.shard_size, shard, out / "boxes", fp, BOXES_SCHEMA, world)
     if result is None:

@@ -16,7 +16,9 @@ count of the summary, and ``input_nouns`` is their sum):
   attention resolution), covers more than ``max_mask_coverage`` of the map at some
   resolution. Such a mask carries no signal: L_token is ~0 from the start and the share of
   attention inside it is ~1 whatever the model does. Each is a reject row (key: noun id,
-  reason ``mask_covers_image``, the coverage and resolution in the detail);
+  reason ``mask_covers_image``, the coverage and resolution in the detail). With
+  ``max_mask_coverage`` 1 no mask can be rejected, so none is decoded and the count is 0
+  (``mask_coverage_checked`` says whether masks were measured);
 - ``supervised_nouns``: the rest; the loss terms see these only.
 
 Captions: ``captions = examples + rejected``. A caption longer than 77 tokens is kept, its
@@ -41,6 +43,10 @@ Image and mask transforms reproduce the official code (``data_utils.py`` and
   official semantics, kept on purpose.
 
 These masks are computed here, once per example, not in the training step.
+
+Start-up cost at COCO scale (118,287 images): an image is checked by opening its header once
+per content; its size is kept in the digest cache (``pipeline.core.digests``) with the file's
+stat signature, so a later start opens no image whose file is unchanged.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from transformers import CLIPTokenizer
 
+from pipeline.core.digests import DigestCache, default_cache
 from pipeline.core.images import load_rgb
 from pipeline.core.masks import decode_rle, resize_mask
 from pipeline.core.tables import read_table
@@ -104,16 +111,28 @@ def _check_unique(values: list[int], what: str) -> None:
         raise ValueError(f"{what} is not unique: {len(dupes)} repeated, e.g. {dupes[:5]}")
 
 
-def _image_problem(path: str, width: int, height: int, decode: bool) -> tuple[str, str] | None:
-    """``None`` if the image opens with the expected size, else ``(reason, detail)``."""
+def _header_size(path: Path) -> list[int]:
+    """``[width, height]`` from the image's header (the pixels are not decoded)."""
+    with Image.open(path) as img:
+        return list(img.size)
+
+
+def _image_problem(path: str, width: int, height: int, decode: bool,
+                   cache: DigestCache | None = None) -> tuple[str, str] | None:
+    """``None`` if the image opens with the expected size, else ``(reason, detail)``.
+
+    decode: decode the pixels (never cached); else the header's size, from ``cache`` while the
+    file's stat signature is unchanged (None: always opened).
+    """
     if not Path(path).is_file():
         return "unreadable_image", f"{path}: no such file"
     try:
         if decode:
             size = load_rgb(path).size
+        elif cache is not None:
+            size = tuple(cache.fact(path, "image_size", _header_size))
         else:
-            with Image.open(path) as img:
-                size = img.size
+            size = tuple(_header_size(Path(path)))
     except Exception as e:  # noqa: BLE001 - any failure to open is a recorded reject
         return "unreadable_image", f"{path}: {type(e).__name__}: {e}"
     if size != (width, height):
@@ -141,6 +160,7 @@ def build_examples(
     tokenizer: CLIPTokenizer | None = None,
     decode_images: bool = False,
     coverage: MaskCoverage | None = None,
+    cache: DigestCache | None = None,
 ) -> tuple[list[Example], list[tuple[str, str, str]], dict[str, Any]]:
     """Join the tables into ``(examples, rejects, summary)``; see the module docstring.
 
@@ -149,12 +169,61 @@ def build_examples(
     more than 77 tokens (else it is None). decode_images: check images by a full decode
     instead of opening their header. coverage: when given, nouns whose mask covers more than
     ``coverage.max_share`` of the map at one of its resolutions are not supervised
-    (``full_image_masks``); None keeps every mask. rejects: ``(key, reason, detail)``: a
+    (``full_image_masks``); None, or a ``max_share`` of 1 (no mask can cover more), keeps
+    every mask without decoding any. cache: where image header sizes are kept (default: the
+    process's ``default_cache()``, saved on return). rejects: ``(key, reason, detail)``: a
     caption id with ``unreadable_image`` or ``image_size_mismatch`` (``rejected`` counts these),
     or a noun id with ``mask_covers_image``. Examples are sorted by caption_id.
     Inconsistent tables (duplicate ids, a noun or mask of an unknown caption, a mask whose
     size differs from its image's) raise ValueError.
     """
+    own = cache is None
+    cache = default_cache() if own else cache
+    captions, nouns, nouns_of = _captions_and_nouns(captions_path, nouns_path)
+    masks = _masks_by_noun(masks_path, {n["noun_id"]: n["caption_id"] for n in nouns})
+    coverage = coverage if coverage is not None and coverage.can_reject else None
+
+    image_check: dict[str, tuple[str, str] | None] = {}
+    examples: list[Example] = []
+    rejects: list[tuple[str, str, str]] = []
+    mask_rejects: list[tuple[str, str, str]] = []
+    truncated: list[int] = []
+    count: Counter = Counter()
+    for cap in captions:
+        cid, path = cap["caption_id"], cap["path"]
+        if path not in image_check:
+            image_check[path] = _image_problem(path, cap["width"], cap["height"], decode_images, cache)
+        if image_check[path] is not None:
+            rejects.append((str(cid), *image_check[path]))
+            count["nouns_of_rejected_captions"] += len(nouns_of[cid])
+            continue
+        if tokenizer is not None and len(tokenizer.tokenize(cap["caption"])) + 2 > MODEL_MAX_LENGTH:
+            count["long_captions"] += 1
+        targets = _caption_targets(cap, nouns_of[cid], masks, coverage, count, mask_rejects, truncated)
+        count["supervised_nouns"] += len(targets)
+        count["examples_without_masks"] += not targets
+        examples.append(Example(
+            caption_id=cid, image_id=cap["image_id"], image_path=path, caption=cap["caption"],
+            height=cap["height"], width=cap["width"], nouns=tuple(targets),
+        ))
+    if own:
+        cache.save()
+    if truncated:
+        log.warning("%d noun(s) lie past SD's 77-token window and are not supervised, e.g. noun ids %s",
+                    len(truncated), truncated[:5])
+    summary = _examples_summary(captions, nouns, examples, rejects, count, tokenizer is not None, coverage)
+    if mask_rejects:
+        log.warning("%d of %d masked nouns have a mask covering more than %s of an attention map and are not "
+                    "supervised (reason mask_covers_image), e.g. %s", len(mask_rejects),
+                    len(mask_rejects) + summary["supervised_nouns"], coverage.max_share, mask_rejects[0][2])
+    log.info("training data: %d examples (%d without masks), %d rejected, %d supervised nouns",
+             len(examples), summary["examples_without_masks"], len(rejects), summary["supervised_nouns"])
+    return examples, rejects + mask_rejects, summary
+
+
+def _captions_and_nouns(captions_path: str | Path, nouns_path: str | Path
+                        ) -> tuple[list[dict], list[dict], dict[int, list[dict]]]:
+    """``(captions sorted by caption_id, noun rows, {caption_id: its noun rows})``, checked for consistency."""
     captions = sorted(read_table(captions_path, columns=CAPTION_COLUMNS).to_pylist(), key=lambda r: r["caption_id"])
     nouns = read_table(nouns_path, columns=NOUN_COLUMNS).to_pylist()
     _check_unique([c["caption_id"] for c in captions], "captions table caption_id")
@@ -171,80 +240,64 @@ def build_examples(
         if bad:
             raise ValueError(f"noun {n['noun_id']}: token indices {bad} outside [1, {LAST_CONTENT_POSITION}]")
         nouns_of[n["caption_id"]].append(n)
-    masks = _masks_by_noun(masks_path, {n["noun_id"]: n["caption_id"] for n in nouns})
+    return captions, nouns, nouns_of
 
-    image_check: dict[str, tuple[str, str] | None] = {}
-    examples: list[Example] = []
-    rejects: list[tuple[str, str, str]] = []
-    mask_rejects: list[tuple[str, str, str]] = []
-    count: Counter = Counter()
-    truncated_examples: list[int] = []
-    for cap in captions:
-        cid = cap["caption_id"]
-        path = cap["path"]
-        if path not in image_check:
-            image_check[path] = _image_problem(path, cap["width"], cap["height"], decode_images)
-        problem = image_check[path]
-        if problem is not None:
-            rejects.append((str(cid), *problem))
-            count["nouns_of_rejected_captions"] += len(nouns_of[cid])
+
+def _caption_targets(cap: dict, nouns: list[dict], masks: dict[int, dict], coverage: MaskCoverage | None,
+                     count: Counter, mask_rejects: list[tuple[str, str, str]], truncated: list[int]
+                     ) -> list[NounTarget]:
+    """The supervised nouns of one kept caption; every other noun lands in one count of ``count``
+    (and in ``mask_rejects`` or ``truncated``, the noun ids past the 77-token window)."""
+    targets = []
+    for n in sorted(nouns, key=lambda r: r["noun_id"]):
+        if n["truncated"]:
+            count["truncated_nouns"] += 1
+            truncated.append(n["noun_id"])
             continue
-        if tokenizer is not None and len(tokenizer.tokenize(cap["caption"])) + 2 > MODEL_MAX_LENGTH:
-            count["long_captions"] += 1
-        targets = []
-        for n in sorted(nouns_of[cid], key=lambda r: r["noun_id"]):
-            if n["truncated"]:
-                count["truncated_nouns"] += 1
-                truncated_examples.append(n["noun_id"])
-                continue
-            m = masks.get(n["noun_id"])
-            if m is None:
-                count["unmasked_nouns"] += 1
-                continue
-            if not n["token_indices"]:
-                count["nouns_without_tokens"] += 1
-                continue
-            if (m["height"], m["width"]) != (cap["height"], cap["width"]):
-                raise ValueError(
-                    f"noun {n['noun_id']}: mask is {m['height']} x {m['width']}, "
-                    f"its image {cap['height']} x {cap['width']}"
-                )
-            target = NounTarget(
-                noun_id=n["noun_id"], text=n["text"], token_indices=tuple(int(i) for i in n["token_indices"]),
-                rle=bytes(m["rle"]), height=m["height"], width=m["width"],
+        m = masks.get(n["noun_id"])
+        if m is None:
+            count["unmasked_nouns"] += 1
+            continue
+        if not n["token_indices"]:
+            count["nouns_without_tokens"] += 1
+            continue
+        if (m["height"], m["width"]) != (cap["height"], cap["width"]):
+            raise ValueError(
+                f"noun {n['noun_id']}: mask is {m['height']} x {m['width']}, its image {cap['height']} x {cap['width']}"
             )
-            if coverage is not None:
-                share, r = coverage.worst(target)
-                if share > coverage.max_share:
-                    count["full_image_masks"] += 1
-                    mask_rejects.append((str(n["noun_id"]), "mask_covers_image",
-                                         f"caption {cid} {n['text']!r}: mask covers {share:.3f} of the {r} x {r} "
-                                         f"attention map (max_mask_coverage {coverage.max_share})"))
-                    continue
-            targets.append(target)
-        count["supervised_nouns"] += len(targets)
-        count["examples_without_masks"] += not targets
-        examples.append(Example(
-            caption_id=cid, image_id=cap["image_id"], image_path=path, caption=cap["caption"],
-            height=cap["height"], width=cap["width"], nouns=tuple(targets),
-        ))
+        target = NounTarget(
+            noun_id=n["noun_id"], text=n["text"], token_indices=tuple(int(i) for i in n["token_indices"]),
+            rle=bytes(m["rle"]), height=m["height"], width=m["width"],
+        )
+        if coverage is not None:
+            share, r = coverage.worst(target)
+            if share > coverage.max_share:
+                count["full_image_masks"] += 1
+                mask_rejects.append((str(n["noun_id"]), "mask_covers_image",
+                                     f"caption {cap['caption_id']} {n['text']!r}: mask covers {share:.3f} of the "
+                                     f"{r} x {r} attention map (max_mask_coverage {coverage.max_share})"))
+                continue
+        targets.append(target)
+    return targets
 
-    if truncated_examples:
-        log.warning("%d noun(s) lie past SD's 77-token window and are not supervised, e.g. noun ids %s",
-                    len(truncated_examples), truncated_examples[:5])
+
+def _examples_summary(captions: list[dict], nouns: list[dict], examples: list[Example], rejects: list,
+                      count: Counter, tokenized: bool, coverage: MaskCoverage | None) -> dict[str, Any]:
+    """The counts of ``build_examples``; raises RuntimeError when they do not add up."""
     summary = {
         "captions": len(captions),
         "examples": len(examples),
         "rejected": len(rejects),
         "rejected_by_reason": dict(sorted(Counter(r for _, r, _ in rejects).items())),
         "examples_without_masks": count["examples_without_masks"],
-        "long_captions": count["long_captions"] if tokenizer is not None else None,
+        "long_captions": count["long_captions"] if tokenized else None,
         "input_nouns": len(nouns),
         "supervised_nouns": count["supervised_nouns"],
         "truncated_nouns": count["truncated_nouns"],
         "unmasked_nouns": count["unmasked_nouns"],
         "nouns_without_tokens": count["nouns_without_tokens"],
         "full_image_masks": count["full_image_masks"],
+        "mask_coverage_checked": coverage is not None,
         "nouns_of_rejected_captions": count["nouns_of_rejected_captions"],
         "max_nouns_per_example": max((len(e.nouns) for e in examples), default=0),
     }
@@ -254,13 +307,7 @@ def build_examples(
         summary["input_nouns"] != sum(summary[k] for k in noun_parts)
     ):
         raise RuntimeError(f"training data: counts do not add up: {summary}")
-    if mask_rejects:
-        log.warning("%d of %d masked nouns have a mask covering more than %s of an attention map and are not "
-                    "supervised (reason mask_covers_image), e.g. %s", len(mask_rejects),
-                    len(mask_rejects) + summary["supervised_nouns"], coverage.max_share, mask_rejects[0][2])
-    log.info("training data: %d examples (%d without masks), %d rejected, %d supervised nouns",
-             len(examples), summary["examples_without_masks"], len(rejects), summary["supervised_nouns"])
-    return examples, rejects + mask_rejects, summary
+    return summary
 
 
 @dataclass(frozen=True)
@@ -274,6 +321,11 @@ class MaskCoverage:
     resolution: int
     latent_resolutions: tuple[int, ...]
     max_share: float
+
+    @property
+    def can_reject(self) -> bool:
+        """Whether any mask can cover more than ``max_share`` (not when it is 1: the whole map)."""
+        return self.max_share < 1.0
 
     def worst(self, noun: NounTarget) -> tuple[float, int]:
         """``(share, r)``: the largest fraction of an ``r x r`` map the center-cropped mask covers."""
