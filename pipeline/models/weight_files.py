@@ -14,6 +14,8 @@ checker): tens of GB, of which training reads about 4. ``loaded_files`` lists th
   (diffusers), ``model`` and ``pytorch_model`` (transformers);
 - a folder holding weight files none of which match the rule is hashed whole, weights and all
   (nothing is left out on a guess);
+- weight files at the top of a diffusers pipeline folder (beside ``model_index.json``: the
+  original ``sd-v1-4.ckpt``, ``sd-v1-4-full-ema.ckpt``) are read by no ``from_pretrained``;
 - hidden folders (``.cache/huggingface`` download metadata) are not read by loaders and not listed.
 
 ``components`` limits a pipeline folder to the subfolders one loader reads (``load_sd_components``:
@@ -66,6 +68,8 @@ def _folder_files(folder: Path, variant: str | None) -> list[Path]:
     weights = [f for f in files if _is_weight(f)]
     if not weights:
         return files
+    if (folder / "model_index.json").is_file():  # a pipeline's top: its loaders read only the subfolders
+        return [f for f in files if not _is_weight(f)]
     chosen = selected_weights(folder, variant)
     if chosen is None:
         log.info("%s: no weight file matches the loaders' names (variant %s); hashing all of them", folder, variant)

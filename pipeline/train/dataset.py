@@ -66,11 +66,12 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from transformers import CLIPTokenizer
 
-from pipeline.core.digests import DigestCache, default_cache
+from pipeline.core.digests import DigestCache, default_cache, inputs_digest
 from pipeline.core.images import load_rgb
 from pipeline.core.masks import decode_rle, resize_mask
 from pipeline.core.tables import read_table
 from pipeline.models.clip_tokenizer import LAST_CONTENT_POSITION, MODEL_MAX_LENGTH
+from pipeline.models.weight_files import SD_TRAIN_COMPONENTS, model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,25 @@ class Example:
     height: int
     width: int
     nouns: tuple[NounTarget, ...]
+
+
+def training_inputs(captions_path: str | Path, nouns_path: str | Path, masks_path: str | Path | None,
+                    pretrained: str | Path, variant: str | None = None) -> list[str]:
+    """Every input training reads, for its resume key: the three tables, the files of the
+    pretrained model that ``load_sd_components`` reads (``pipeline.models.weight_files``; a hub id
+    as its text) and every image the captions table names, sorted and distinct."""
+    images = sorted(set(read_table(captions_path, columns=["path"]).column("path").to_pylist()))
+    tables = [str(captions_path), str(nouns_path)] + ([str(masks_path)] if masks_path is not None else [])
+    return tables + model_inputs(pretrained, variant, SD_TRAIN_COMPONENTS) + images
+
+
+def training_inputs_digest(captions_path: str | Path, nouns_path: str | Path, masks_path: str | Path | None,
+                           pretrained: str | Path, variant: str | None = None,
+                           cache: DigestCache | None = None) -> str:
+    """16-hex digest of ``training_inputs``' bytes, each file read only when its stat signature
+    changed since the digest cache saw it (``pipeline.core.digests``). Call it on the main
+    process only and send the result to the others (``pipeline.core.digests.on_main_process``)."""
+    return inputs_digest(*training_inputs(captions_path, nouns_path, masks_path, pretrained, variant), cache=cache)
 
 
 def _check_unique(values: list[int], what: str) -> None:
@@ -197,7 +217,7 @@ def build_examples(
             rejects.append((str(cid), *image_check[path]))
             count["nouns_of_rejected_captions"] += len(nouns_of[cid])
             continue
-        if tokenizer is not None and len(tokenizer.tokenize(cap["caption"])) + 2 > MODEL_MAX_LENGTH:
+        if tokenizer is not None and is_long_caption(tokenizer, cap["caption"]):
             count["long_captions"] += 1
         targets = _caption_targets(cap, nouns_of[cid], masks, coverage, count, mask_rejects, truncated)
         count["supervised_nouns"] += len(targets)
@@ -219,6 +239,20 @@ def build_examples(
     log.info("training data: %d examples (%d without masks), %d rejected, %d supervised nouns",
              len(examples), summary["examples_without_masks"], len(rejects), summary["supervised_nouns"])
     return examples, rejects + mask_rejects, summary
+
+
+def is_long_caption(tokenizer: CLIPTokenizer, caption: str) -> bool:
+    """Whether ``caption`` has more than the 75 content tokens SD's 77-token window keeps.
+
+    Tokenising is skipped where it cannot say yes: every CLIP BPE token covers at least one
+    byte of the cleaned, lower-cased text, and for ASCII text without ``&`` (no HTML entity
+    that ftfy could expand) cleaning adds no byte, so at most 75 non-space characters give
+    at most 75 tokens. Most COCO captions are such; the others are tokenised.
+    """
+    limit = MODEL_MAX_LENGTH - 2
+    if caption.isascii() and "&" not in caption and len(caption) - sum(map(caption.count, " \t\n\r\f\v")) <= limit:
+        return False
+    return len(tokenizer.tokenize(caption)) > limit
 
 
 def _captions_and_nouns(captions_path: str | Path, nouns_path: str | Path
