@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -77,15 +78,17 @@ class DigestCache:
 
     def __init__(self, path: str | Path | None):
         self.path = Path(path) if path is not None else None
+        self._loaded_sig = _file_sig(self.path)
         self.entries: dict[str, dict] = _load(self.path) if self.path is not None else {}
         self.dirty = False
         self.hashed = 0
         self._today = int(time.time() // 86400)
 
-    def _entry(self, file: Path) -> tuple[str, dict, bool]:
-        """``(key, entry, racy)`` for ``file`` at its current signature (a fresh entry if it changed)."""
+    def _entry(self, file: str | Path, st: os.stat_result | None = None) -> tuple[str, dict, bool]:
+        """``(key, entry, racy)`` for ``file`` (whose ``os.stat`` is ``st`` when given) at its current
+        signature; a fresh entry if the signature changed."""
         key = os.path.abspath(file)
-        st = os.stat(key)
+        st = os.stat(key) if st is None else st
         sig = signature(st)
         racy = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_SECONDS * 1e9
         entry = self.entries.get(key)
@@ -93,12 +96,14 @@ class DigestCache:
             entry = {"sig": sig}
         return key, entry, racy
 
-    def fact(self, file: str | Path, name: str, compute: Callable[[Path], Any]) -> Any:
+    def fact(self, file: str | Path, name: str, compute: Callable[[Path], Any],
+             st: os.stat_result | None = None) -> Any:
         """``compute(file)``, or its cached value while the file's signature is unchanged.
 
         The value must be JSON-able; ``compute`` raising is not cached (the error propagates).
+        ``st``: the file's ``os.stat`` if the caller has it (saves a system call).
         """
-        key, entry, racy = self._entry(Path(file))
+        key, entry, racy = self._entry(file, st)
         if name in entry and not racy:
             if entry.get("used") != self._today:
                 entry["used"], self.dirty = self._today, True
@@ -110,14 +115,13 @@ class DigestCache:
             self.dirty = True
         return value
 
-    def digest(self, file: str | Path) -> str:
+    def digest(self, file: str | Path, st: os.stat_result | None = None) -> str:
         """Hex sha256 of ``file``'s bytes, read only when its signature changed."""
+        return self.fact(file, "sha256", self._hash, st)
 
-        def compute(path: Path) -> str:
-            self.hashed += 1
-            return sha256_file(path)
-
-        return self.fact(file, "sha256", compute)
+    def _hash(self, path: Path) -> str:
+        self.hashed += 1
+        return sha256_file(path)
 
     def save(self) -> None:
         """Write the entries atomically, merged with entries another process saved meanwhile.
@@ -128,15 +132,24 @@ class DigestCache:
         if self.path is None or not self.dirty:
             return
         try:
-            merged = {k: v for k, v in _load(self.path).items() if self._today - v.get("used", 0) <= PRUNE_DAYS}
+            # another process saved since this one loaded: keep its entries too
+            theirs = _load(self.path) if _file_sig(self.path) != self._loaded_sig else self.entries
+            merged = {k: v for k, v in theirs.items() if self._today - v.get("used", 0) <= PRUNE_DAYS}
             merged.update(self.entries)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
             tmp.write_text(json.dumps({"format": FORMAT, "entries": merged}, separators=(",", ":")))
             os.replace(tmp, self.path)
-            self.entries, self.dirty = merged, False
+            self.entries, self.dirty, self._loaded_sig = merged, False, _file_sig(self.path)
         except OSError as e:
             log.warning("digest cache %s not written (%s); the next start rehashes its inputs", self.path, e)
+
+
+def _file_sig(path: Path | None) -> list[int] | None:
+    try:
+        return signature(os.stat(path)) if path is not None else None
+    except OSError:
+        return None
 
 
 def _load(path: Path) -> dict[str, dict]:
@@ -167,6 +180,10 @@ def default_cache() -> DigestCache:
     return _DEFAULT[key]
 
 
+def _named(name: str, digest: str) -> bytes:
+    return name.encode() + b"\0" + digest.encode()
+
+
 def file_digest(*paths: str | Path, cache: DigestCache | None = None) -> str:
     """A 16-hex digest of files' bytes; a folder counts as its files in sorted order with their
     relative paths (a file: its name). Each file's sha256 comes from ``cache`` (default: the
@@ -175,10 +192,11 @@ def file_digest(*paths: str | Path, cache: DigestCache | None = None) -> str:
     cache = default_cache() if own else cache
     h = hashlib.sha256()
     for p in map(Path, paths):
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        for f in files:
-            h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode() + b"\0")
-            h.update(cache.digest(f).encode())
+        if p.is_dir():
+            for f in sorted(f for f in p.rglob("*") if f.is_file()):
+                h.update(_named(str(f.relative_to(p)), cache.digest(f)))
+        else:
+            h.update(_named(p.name, cache.digest(p)))
     if own:
         cache.save()
     return h.hexdigest()[:16]
@@ -187,14 +205,23 @@ def file_digest(*paths: str | Path, cache: DigestCache | None = None) -> str:
 def inputs_digest(*inputs: str | Path, cache: DigestCache | None = None) -> str:
     """A 16-hex digest of a stage's inputs: local files and folders by their bytes
     (``file_digest``), anything else (a hub id, a file that is missing and will be reported when
-    read) by its text. Every item is also keyed by its text, as given."""
+    read) by its text. Every item is also keyed by its text, as given. One ``stat`` per file."""
     own = cache is None
     cache = default_cache() if own else cache
     h = hashlib.sha256()
     for item in inputs:
-        path = Path(item)
-        h.update(str(item).encode() + b"\0")
-        h.update(file_digest(path, cache=cache).encode() if path.exists() else b"<not a local path>")
+        text = os.fspath(item) if isinstance(item, os.PathLike) else str(item)
+        h.update(text.encode() + b"\0")
+        try:
+            st = os.stat(text)
+        except (FileNotFoundError, NotADirectoryError, ValueError):  # a hub id, a missing file
+            h.update(b"<not a local path>")
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            h.update(file_digest(text, cache=cache).encode())
+        else:
+            single = hashlib.sha256(_named(os.path.basename(text), cache.digest(text, st)))
+            h.update(single.hexdigest()[:16].encode())
     if own:
         cache.save()
     return h.hexdigest()[:16]
