@@ -67,14 +67,20 @@ def test_a_file_changed_within_the_racy_window_is_never_trusted(tmp_path):
     assert os.path.abspath(f) not in cache.entries  # racily clean: not stored
 
 
+def _malformed(f: Path) -> bytes:
+    """Valid JSON whose entry for ``f`` has the right signature but a broken digest and day."""
+    entry = {"sig": digests.signature(f.stat()), "used": "today", "sha256": 7}
+    return json.dumps({"format": 1, "entries": {os.path.abspath(f): entry}}).encode()
+
+
 @pytest.mark.parametrize("garbage", [b"{not json", b"[1, 2]", json.dumps({"format": 1, "entries": [1]}).encode(),
-                                     json.dumps({"format": 99, "entries": {}}).encode(), b"\xff\xfe"])
+                                     json.dumps({"format": 99, "entries": {}}).encode(), b"\xff\xfe", _malformed])
 def test_a_corrupt_cache_is_ignored_and_rebuilt(tmp_path, settled, garbage):
     f = tmp_path / "a.jpg"
     f.write_bytes(b"abc")
     expected = file_digest(f, cache=DigestCache(None))
     cache_file = tmp_path / "digests.json"
-    cache_file.write_bytes(garbage)
+    cache_file.write_bytes(garbage(f) if callable(garbage) else garbage)
     cache = DigestCache(cache_file)
     assert cache.entries == {}
     assert file_digest(f, cache=cache) == expected

@@ -162,10 +162,18 @@ def _load(path: Path) -> dict[str, dict]:
         log.warning("digest cache %s is unreadable (%s): ignored, it will be rebuilt", path, e)
         return {}
     entries = data.get("entries") if isinstance(data, dict) and data.get("format") == FORMAT else None
-    if not isinstance(entries, dict) or not all(isinstance(v, dict) for v in entries.values()):
+    if not isinstance(entries, dict):
         log.warning("digest cache %s has an unknown layout: ignored, it will be rebuilt", path)
         return {}
-    return entries
+    good = {k: v for k, v in entries.items() if _well_formed(v)}
+    if len(good) < len(entries):
+        log.warning("digest cache %s: %d malformed entries ignored", path, len(entries) - len(good))
+    return good
+
+
+def _well_formed(entry: Any) -> bool:
+    return (isinstance(entry, dict) and isinstance(entry.get("sig"), list) and isinstance(entry.get("used", 0), int)
+            and isinstance(entry.get("sha256", ""), str))
 
 
 _DEFAULT: dict[Path | None, DigestCache] = {}

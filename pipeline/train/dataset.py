@@ -153,10 +153,12 @@ def _image_problem(path: str, width: int, height: int, decode: bool,
     """
     try:
         st = os.stat(path)
-    except (OSError, ValueError):
-        st = None
-    if st is None or not stat.S_ISREG(st.st_mode):
+    except (FileNotFoundError, NotADirectoryError):
         return "unreadable_image", f"{path}: no such file"
+    except (OSError, ValueError) as e:
+        return "unreadable_image", f"{path}: {type(e).__name__}: {e}"
+    if not stat.S_ISREG(st.st_mode):
+        return "unreadable_image", f"{path}: not a file"
     try:
         if decode:
             size = load_rgb(path).size
