@@ -1,7 +1,7 @@
 """Run every benchmark in one process and print one table.
 
     python -m bench            # or: make bench
-    python -m bench --startup  # also start-up at COCO scale (bench/bench_startup.py, ~5 min, ~1 GB in /tmp)
+    python -m bench --startup  # also start-up at COCO scale (bench/bench_startup.py, ~2 min, ~1 GB in /tmp)
     python -m bench --gpu [--quick]   # or: make gpu-report (bench/gpu_report.py)
 
 Each benchmark module exposes ``run() -> list[dict]`` rows (group, metric, value, unit, note).
