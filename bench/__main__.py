@@ -1,6 +1,7 @@
 """Run every benchmark in one process and print one table.
 
     python -m bench            # or: make bench
+    python -m bench --startup  # also start-up at COCO scale (bench/bench_startup.py, ~2 min, ~1 GB in /tmp)
     python -m bench --gpu [--quick]   # or: make gpu-report (bench/gpu_report.py)
 
 Each benchmark module exposes ``run() -> list[dict]`` rows (group, metric, value, unit, note).
@@ -29,6 +30,10 @@ def main() -> None:
         return
     setup_logging("WARNING")
     rows = bench_nouns.run() + bench_masks.run() + bench_train.run() + bench_eval.run()
+    if "--startup" in sys.argv[1:]:
+        from . import bench_startup
+
+        rows += bench_startup.run()
     print(f"machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
           f"cuda {torch.cuda.is_available()}")
     print(to_markdown(rows))

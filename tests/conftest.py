@@ -12,6 +12,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TOKENCOMPOSE_SHARED", REPO.parent / "shared"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def digest_cache_file(tmp_path_factory) -> Path:
+    """Tests keep the input digest cache (``pipeline.core.digests``) out of the repository."""
+    path = tmp_path_factory.mktemp("digest-cache") / "digests.json"
+    os.environ.setdefault("TOKENCOMPOSE_DIGEST_CACHE", str(path))
+    return Path(os.environ["TOKENCOMPOSE_DIGEST_CACHE"])
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """``../shared`` (or ``$TOKENCOMPOSE_SHARED``). In CI a missing folder fails, elsewhere it skips."""

@@ -30,6 +30,7 @@ from pipeline.train.dataset import (
     TokenComposeDataset,
     build_examples,
     collate,
+    is_long_caption,
 )
 
 R = 64
@@ -388,3 +389,55 @@ def test_bad_arguments(built, clip):
         TokenComposeDataset(built[0], clip, R, [128])
     with pytest.raises(ValueError, match="resolution"):
         TokenComposeDataset(built[0], clip, 0, [4])
+
+
+# --- start-up cost: what build_examples opens and decodes -----------------------------------------
+
+
+def test_a_coverage_that_cannot_reject_decodes_no_mask(tables, clip, monkeypatch):
+    import pipeline.train.dataset as ds
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("a mask was decoded")
+
+    monkeypatch.setattr(ds, "decode_rle", no_decode)
+    args = (tables["captions"], tables["nouns"], tables["masks"])
+    examples, rejects, s = build_examples(*args, tokenizer=clip, coverage=MaskCoverage(R, tuple(LATENT), 1.0))
+    _, _, unchecked = build_examples(*args, tokenizer=clip)
+    assert s["full_image_masks"] == 0 and s["mask_coverage_checked"] is False
+    assert s == unchecked and not [r for r in rejects if r[1] == "mask_covers_image"]
+    with pytest.raises(AssertionError, match="decoded"):
+        build_examples(*args, coverage=MaskCoverage(R, tuple(LATENT), 0.99))
+
+
+def test_a_second_start_opens_no_image(tables, clip, monkeypatch, tmp_path):
+    """Image header sizes come from the digest cache while the files are unchanged."""
+    import PIL.Image
+
+    from pipeline.core import digests
+
+    monkeypatch.setattr(digests, "RACY_SECONDS", 0.0)
+    cache = digests.DigestCache(tmp_path / "digests.json")
+    opened = []
+    real_open = PIL.Image.open
+    monkeypatch.setattr(PIL.Image, "open", lambda p, *a, **k: opened.append(p) or real_open(p, *a, **k))
+    args = (tables["captions"], tables["nouns"], tables["masks"])
+    first = build_examples(*args, coverage=MaskCoverage(R, tuple(LATENT), 1.0), cache=cache)
+    assert len(opened) == 2  # two readable images, each opened once
+    cache.save()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an image was opened")
+
+    monkeypatch.setattr(PIL.Image, "open", refuse)
+    second = build_examples(*args, coverage=MaskCoverage(R, tuple(LATENT), 1.0),
+                            cache=digests.DigestCache(tmp_path / "digests.json"))
+    assert second[2] == first[2] and second[1] == first[1]  # the missing image is still rejected
+
+
+@pytest.mark.parametrize("caption", [
+    "a dog on a mat", LONG, "x" * 75, "x" * 76, " ".join(["a"] * 75), " ".join(["a"] * 76),
+    "a&b " * 20, "café " * 16, "A photo of " + "ééé" * 30, "tab\tseparated " * 10,
+])
+def test_long_caption_shortcut_agrees_with_the_tokenizer(clip, caption):
+    assert is_long_caption(clip, caption) == (len(clip.tokenize(caption)) > 75)

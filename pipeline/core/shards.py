@@ -20,7 +20,6 @@ identical for any N.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -34,6 +33,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from pipeline.core.devices import is_cuda
+from pipeline.core.digests import file_digest, inputs_digest, on_main_process  # noqa: F401 - re-exported
 from pipeline.core.schemas import REJECTS_SCHEMA
 from pipeline.core.tables import write_table
 
@@ -46,30 +46,6 @@ PARTIAL_ROOT = Path("data/.partial")
 # process one shard's items -> (rows, rejects)
 ShardFn = Callable[[Sequence[K]], tuple[pa.Table, pa.Table]]
 
-
-def file_digest(*paths: str | Path) -> str:
-    """sha256 over the bytes of files (folders: their files in sorted order)."""
-    h = hashlib.sha256()
-    for p in map(Path, paths):
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        for f in files:
-            h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-    return h.hexdigest()[:16]
-
-
-
-def inputs_digest(*inputs: str | Path) -> str:
-    """sha256 over a stage's inputs: files and folders by their bytes (``file_digest``), anything
-    else (a hub id, a file that is missing and will be reported when read) by its text."""
-    h = hashlib.sha256()
-    for item in inputs:
-        path = Path(item)
-        h.update(str(item).encode() + b"\0")
-        h.update(file_digest(path).encode() if path.exists() else b"<not a local path>")
-    return h.hexdigest()[:16]
 
 def chunk(items: Sequence[K], size: int) -> list[list[K]]:
     """Cut ``items`` into consecutive lists of at most ``size``."""
@@ -113,6 +89,10 @@ class World:
         from accelerate.utils import gather_object
 
         return gather_object([obj])
+
+    def on_main(self, fn: Callable[[], K]) -> K:
+        """``fn()`` computed on the main process only, its result returned on every process."""
+        return on_main_process(fn, self.is_main, self.size if self._state is not None else 1)
 
     def barrier(self) -> None:
         if self.size > 1 and self._state is not None:

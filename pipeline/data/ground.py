@@ -48,6 +48,7 @@ from pipeline.core.shards import World, inputs_digest, run_sharded
 from pipeline.core.tables import read_table, rejects_table, write_json, write_table
 from pipeline.data.phrase_boxes import MATCH_STEPS, NO_MATCH, PHRASE_RULES, REPLACED, ground_images, normalize_phrase
 from pipeline.models.grounding_dino import load_grounding_dino, resolve_config_path
+from pipeline.models.weight_files import model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,10 @@ def _ground_fields(cfg: GroundConfig) -> dict:
 def ground_fingerprint(cfg: GroundConfig, captions_path: str | Path, nouns_path: str | Path,
                        images: list[str]) -> str:
     """What the shards are keyed by: the params, the code, and the bytes of every input (tables,
-    images, config, checkpoint, text encoder folder)."""
+    images, config, checkpoint, the text encoder folder's files that BERT's loader reads:
+    ``pipeline.models.weight_files``). Digests are cached by stat signature (``pipeline.core.digests``)."""
     inputs = inputs_digest(captions_path, nouns_path, *images, resolve_config_path(cfg.config), cfg.checkpoint,
-                           cfg.text_encoder)
+                           *model_inputs(cfg.text_encoder))
     return fingerprint(_ground_fields(cfg), inputs, code_digest(__name__))
 
 
@@ -153,7 +155,8 @@ def run_ground(cfg: GroundConfig, captions_path: str | Path, nouns_path: str | P
                 rejects.extend(_boxes_without_noun(image_id, dets))
         return pa.Table.from_pylist(rows, schema=BOXES_SCHEMA), rejects_table("ground", rejects)
 
-    fp = ground_fingerprint(cfg, captions_path, nouns_path, [image_paths[i] for i in items])
+    # once, on the main process: every input's bytes (cached by stat signature, pipeline.core.digests)
+    fp = world.on_main(lambda: ground_fingerprint(cfg, captions_path, nouns_path, [image_paths[i] for i in items]))
     out = Path(cfg.out_dir)
     result = run_sharded("ground", items, cfg.shard_size, shard, out / "boxes", fp, BOXES_SCHEMA, world)
     if result is None:

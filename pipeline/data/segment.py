@@ -108,7 +108,8 @@ def run_segment(cfg: SegmentConfig, captions_path: str | Path, boxes_path: str |
             rows.extend(_masks_for_image(predictor, image, image_boxes))
         return pa.Table.from_pylist(rows, schema=MASKS_SCHEMA), rejects_table("segment", rejects)
 
-    fp = segment_fingerprint(cfg, captions_path, boxes_path, [image_paths[i] for i in items])
+    # once, on the main process: every input's bytes (cached by stat signature, pipeline.core.digests)
+    fp = world.on_main(lambda: segment_fingerprint(cfg, captions_path, boxes_path, [image_paths[i] for i in items]))
     out = Path(cfg.out_dir)
     result = run_sharded("segment", items, cfg.shard_size, shard, out / "masks", fp, MASKS_SCHEMA, world)
     if result is None:

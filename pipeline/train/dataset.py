@@ -16,7 +16,9 @@ count of the summary, and ``input_nouns`` is their sum):
   attention resolution), covers more than ``max_mask_coverage`` of the map at some
   resolution. Such a mask carries no signal: L_token is ~0 from the start and the share of
   attention inside it is ~1 whatever the model does. Each is a reject row (key: noun id,
-  reason ``mask_covers_image``, the coverage and resolution in the detail);
+  reason ``mask_covers_image``, the coverage and resolution in the detail). With
+  ``max_mask_coverage`` 1 no mask can be rejected, so none is decoded and the count is 0
+  (``mask_coverage_checked`` says whether masks were measured);
 - ``supervised_nouns``: the rest; the loss terms see these only.
 
 Captions: ``captions = examples + rejected``. A caption longer than 77 tokens is kept, its
@@ -41,11 +43,19 @@ Image and mask transforms reproduce the official code (``data_utils.py`` and
   official semantics, kept on purpose.
 
 These masks are computed here, once per example, not in the training step.
+
+Start-up cost at COCO scale (118,287 images): an image is checked by opening its header once
+per content; its size is kept in the digest cache (``pipeline.core.digests``) with the file's
+stat signature, so a later start opens no image whose file is unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
+import os
+import stat
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +63,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -60,10 +72,12 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from transformers import CLIPTokenizer
 
+from pipeline.core.digests import DigestCache, default_cache, inputs_digest
 from pipeline.core.images import load_rgb
 from pipeline.core.masks import decode_rle, resize_mask
 from pipeline.core.tables import read_table
 from pipeline.models.clip_tokenizer import LAST_CONTENT_POSITION, MODEL_MAX_LENGTH
+from pipeline.models.weight_files import SD_TRAIN_COMPONENTS, model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -98,22 +112,60 @@ class Example:
     nouns: tuple[NounTarget, ...]
 
 
-def _check_unique(values: list[int], what: str) -> None:
-    dupes = [k for k, n in Counter(values).items() if n > 1]
+def training_inputs(captions_path: str | Path, nouns_path: str | Path, masks_path: str | Path | None,
+                    pretrained: str | Path, variant: str | None = None) -> list[str]:
+    """Every input training reads, for its resume key: the three tables, the files of the
+    pretrained model that ``load_sd_components`` reads (``pipeline.models.weight_files``; a hub id
+    as its text) and every image the captions table names, sorted and distinct."""
+    images = sorted(set(read_table(captions_path, columns=["path"]).column("path").to_pylist()))
+    tables = [str(captions_path), str(nouns_path)] + ([str(masks_path)] if masks_path is not None else [])
+    return tables + model_inputs(pretrained, variant, SD_TRAIN_COMPONENTS) + images
+
+
+def training_inputs_digest(captions_path: str | Path, nouns_path: str | Path, masks_path: str | Path | None,
+                           pretrained: str | Path, variant: str | None = None,
+                           cache: DigestCache | None = None) -> str:
+    """16-hex digest of ``training_inputs``' bytes, each file read only when its stat signature
+    changed since the digest cache saw it (``pipeline.core.digests``). Call it on the main
+    process only and send the result to the others (``pipeline.core.digests.on_main_process``)."""
+    return inputs_digest(*training_inputs(captions_path, nouns_path, masks_path, pretrained, variant), cache=cache)
+
+
+def _check_unique(values: np.ndarray, what: str) -> None:
+    uniq, counts = np.unique(values, return_counts=True)
+    dupes = uniq[counts > 1].tolist()
     if dupes:
         raise ValueError(f"{what} is not unique: {len(dupes)} repeated, e.g. {dupes[:5]}")
 
 
-def _image_problem(path: str, width: int, height: int, decode: bool) -> tuple[str, str] | None:
-    """``None`` if the image opens with the expected size, else ``(reason, detail)``."""
-    if not Path(path).is_file():
+def _header_size(path: Path) -> list[int]:
+    """``[width, height]`` from the image's header (the pixels are not decoded)."""
+    with Image.open(path) as img:
+        return list(img.size)
+
+
+def _image_problem(path: str, width: int, height: int, decode: bool,
+                   cache: DigestCache | None = None) -> tuple[str, str] | None:
+    """``None`` if the image opens with the expected size, else ``(reason, detail)``.
+
+    decode: decode the pixels (never cached); else the header's size, from ``cache`` while the
+    file's stat signature is unchanged (None: always opened).
+    """
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
         return "unreadable_image", f"{path}: no such file"
+    except (OSError, ValueError) as e:
+        return "unreadable_image", f"{path}: {type(e).__name__}: {e}"
+    if not stat.S_ISREG(st.st_mode):
+        return "unreadable_image", f"{path}: not a file"
     try:
         if decode:
             size = load_rgb(path).size
+        elif cache is not None:
+            size = tuple(cache.fact(path, "image_size", _header_size, st))
         else:
-            with Image.open(path) as img:
-                size = img.size
+            size = tuple(_header_size(Path(path)))
     except Exception as e:  # noqa: BLE001 - any failure to open is a recorded reject
         return "unreadable_image", f"{path}: {type(e).__name__}: {e}"
     if size != (width, height):
@@ -121,17 +173,109 @@ def _image_problem(path: str, width: int, height: int, decode: bool) -> tuple[st
     return None
 
 
-def _masks_by_noun(masks_path: str | Path | None, noun_caption: dict[int, int]) -> dict[int, dict]:
+def _lookup(sorted_keys: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(positions, found)``: where each query sits in ``sorted_keys`` and whether it is there."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(queries), dtype=np.int64), np.zeros(len(queries), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, queries), len(sorted_keys) - 1)
+    return pos, sorted_keys[pos] == queries
+
+
+def _ints(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+@dataclass
+class _Tables:
+    """The joined tables as columns (training start-up reads millions of rows: no row dicts).
+
+    Captions sorted by caption_id; nouns sorted by (caption_id, noun_id), caption ``i``'s nouns
+    at positions ``[start[i], end[i])``; ``mask_of[k]``: the masks row of noun ``k``, or -1.
+    """
+
+    captions: dict[str, list]
+    nouns: dict[str, list]
+    masks: dict[str, list]
+    start: np.ndarray
+    end: np.ndarray
+    noun_caption: np.ndarray   # (nouns,) the caption position of each noun
+    token_offsets: np.ndarray  # (nouns + 1,) noun k's token indices: tokens[offsets[k]:offsets[k+1]]
+    tokens: list[int]
+    mask_of: np.ndarray
+
+
+def _read_captions(captions_path: str | Path) -> pa.Table:
+    captions = read_table(captions_path, columns=CAPTION_COLUMNS)
+    captions = captions.take(np.argsort(_ints(captions, "caption_id"), kind="stable"))
+    _check_unique(_ints(captions, "caption_id"), "captions table caption_id")
+    return captions
+
+
+def _read_nouns(nouns_path: str | Path, cap_ids: np.ndarray, cap_images: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+    """The nouns sorted by (caption_id, noun_id), and each one's caption position; checked."""
+    nouns = read_table(nouns_path, columns=NOUN_COLUMNS)
+    _check_unique(_ints(nouns, "noun_id"), "nouns table noun_id")
+    nouns = nouns.take(np.lexsort((_ints(nouns, "noun_id"), _ints(nouns, "caption_id"))))
+    noun_caps, noun_images = _ints(nouns, "caption_id"), _ints(nouns, "image_id")
+    pos, ok = _lookup(cap_ids, noun_caps)
+    ok &= cap_images[pos] == noun_images if len(cap_ids) else ok
+    if not ok.all():
+        k = int(np.flatnonzero(~ok)[0])
+        raise ValueError(f"nouns table: noun {_ints(nouns, 'noun_id')[k]} of caption {noun_caps[k]} "
+                         f"is not in the captions table")
+    return nouns, pos
+
+
+def _check_tokens(nouns: pa.Table) -> tuple[np.ndarray, list[int]]:
+    """``(offsets, flat token indices)`` of the nouns' token_indices; out-of-range ones raise."""
+    col = nouns.column("token_indices").combine_chunks()
+    flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    bad = (flat < 1) | (flat > LAST_CONTENT_POSITION)
+    if bad.any():
+        k = int(np.searchsorted(offsets, int(np.flatnonzero(bad)[0]), side="right") - 1)
+        values = flat[offsets[k]:offsets[k + 1]]
+        raise ValueError(f"noun {_ints(nouns, 'noun_id')[k]}: token indices "
+                         f"{[int(i) for i in values if not 1 <= i <= LAST_CONTENT_POSITION]} "
+                         f"outside [1, {LAST_CONTENT_POSITION}]")
+    return offsets, flat.tolist()
+
+
+def _read_masks(masks_path: str | Path | None, nouns: pa.Table) -> tuple[dict[str, list], np.ndarray]:
+    """The masks table's columns, and for each noun position its masks row (-1: none); checked."""
+    mask_of = np.full(nouns.num_rows, -1, dtype=np.int64)
     if masks_path is None:
-        return {}
-    rows = read_table(masks_path, columns=MASK_COLUMNS).to_pylist()
-    _check_unique([r["noun_id"] for r in rows], "masks table noun_id")
-    for r in rows:
-        if noun_caption.get(r["noun_id"]) != r["caption_id"]:
-            raise ValueError(
-                f"masks table: noun {r['noun_id']} of caption {r['caption_id']} is not a row of the nouns table"
-            )
-    return {r["noun_id"]: r for r in rows}
+        return {k: [] for k in MASK_COLUMNS}, mask_of
+    masks = read_table(masks_path, columns=MASK_COLUMNS)
+    mask_nouns, mask_caps = _ints(masks, "noun_id"), _ints(masks, "caption_id")
+    _check_unique(mask_nouns, "masks table noun_id")
+    noun_ids, noun_caps = _ints(nouns, "noun_id"), _ints(nouns, "caption_id")
+    order = np.argsort(noun_ids, kind="stable")
+    pos, ok = _lookup(noun_ids[order], mask_nouns)
+    found = order[pos] if len(order) else pos
+    ok &= noun_caps[found] == mask_caps if len(order) else ok
+    if not ok.all():
+        k = int(np.flatnonzero(~ok)[0])
+        raise ValueError(f"masks table: noun {mask_nouns[k]} of caption {mask_caps[k]} is not a row of the nouns table")
+    mask_of[found] = np.arange(len(mask_nouns))
+    return {k: masks.column(k).to_pylist() for k in ("height", "width", "rle")}, mask_of
+
+
+def _read_tables(captions_path: str | Path, nouns_path: str | Path, masks_path: str | Path | None) -> _Tables:
+    captions = _read_captions(captions_path)
+    cap_ids = _ints(captions, "caption_id")
+    nouns, noun_caption = _read_nouns(nouns_path, cap_ids, _ints(captions, "image_id"))
+    offsets, tokens = _check_tokens(nouns)
+    masks, mask_of = _read_masks(masks_path, nouns)
+    noun_caps = _ints(nouns, "caption_id")
+    return _Tables(
+        captions={k: captions.column(k).to_pylist() for k in CAPTION_COLUMNS},
+        nouns={k: nouns.column(k).to_pylist() for k in ("noun_id", "text", "truncated")},
+        masks=masks, start=np.searchsorted(noun_caps, cap_ids, "left"),
+        end=np.searchsorted(noun_caps, cap_ids, "right"), noun_caption=noun_caption,
+        token_offsets=offsets, tokens=tokens, mask_of=mask_of,
+    )
 
 
 def build_examples(
@@ -141,6 +285,7 @@ def build_examples(
     tokenizer: CLIPTokenizer | None = None,
     decode_images: bool = False,
     coverage: MaskCoverage | None = None,
+    cache: DigestCache | None = None,
 ) -> tuple[list[Example], list[tuple[str, str, str]], dict[str, Any]]:
     """Join the tables into ``(examples, rejects, summary)``; see the module docstring.
 
@@ -149,103 +294,145 @@ def build_examples(
     more than 77 tokens (else it is None). decode_images: check images by a full decode
     instead of opening their header. coverage: when given, nouns whose mask covers more than
     ``coverage.max_share`` of the map at one of its resolutions are not supervised
-    (``full_image_masks``); None keeps every mask. rejects: ``(key, reason, detail)``: a
+    (``full_image_masks``); None, or a ``max_share`` of 1 (no mask can cover more), keeps
+    every mask without decoding any. cache: where image header sizes are kept (default: the
+    process's ``default_cache()``, saved on return). rejects: ``(key, reason, detail)``: a
     caption id with ``unreadable_image`` or ``image_size_mismatch`` (``rejected`` counts these),
     or a noun id with ``mask_covers_image``. Examples are sorted by caption_id.
     Inconsistent tables (duplicate ids, a noun or mask of an unknown caption, a mask whose
     size differs from its image's) raise ValueError.
     """
-    captions = sorted(read_table(captions_path, columns=CAPTION_COLUMNS).to_pylist(), key=lambda r: r["caption_id"])
-    nouns = read_table(nouns_path, columns=NOUN_COLUMNS).to_pylist()
-    _check_unique([c["caption_id"] for c in captions], "captions table caption_id")
-    _check_unique([n["noun_id"] for n in nouns], "nouns table noun_id")
-    by_caption = {c["caption_id"]: c for c in captions}
-    nouns_of: dict[int, list[dict]] = {c["caption_id"]: [] for c in captions}
-    for n in nouns:
-        cap = by_caption.get(n["caption_id"])
-        if cap is None or cap["image_id"] != n["image_id"]:
-            raise ValueError(
-                f"nouns table: noun {n['noun_id']} of caption {n['caption_id']} is not in the captions table"
-            )
-        bad = [i for i in n["token_indices"] if not 1 <= i <= LAST_CONTENT_POSITION]
-        if bad:
-            raise ValueError(f"noun {n['noun_id']}: token indices {bad} outside [1, {LAST_CONTENT_POSITION}]")
-        nouns_of[n["caption_id"]].append(n)
-    masks = _masks_by_noun(masks_path, {n["noun_id"]: n["caption_id"] for n in nouns})
-
-    image_check: dict[str, tuple[str, str] | None] = {}
-    examples: list[Example] = []
-    rejects: list[tuple[str, str, str]] = []
-    mask_rejects: list[tuple[str, str, str]] = []
-    count: Counter = Counter()
-    truncated_examples: list[int] = []
-    for cap in captions:
-        cid = cap["caption_id"]
-        path = cap["path"]
-        if path not in image_check:
-            image_check[path] = _image_problem(path, cap["width"], cap["height"], decode_images)
-        problem = image_check[path]
-        if problem is not None:
-            rejects.append((str(cid), *problem))
-            count["nouns_of_rejected_captions"] += len(nouns_of[cid])
-            continue
-        if tokenizer is not None and len(tokenizer.tokenize(cap["caption"])) + 2 > MODEL_MAX_LENGTH:
-            count["long_captions"] += 1
-        targets = []
-        for n in sorted(nouns_of[cid], key=lambda r: r["noun_id"]):
-            if n["truncated"]:
-                count["truncated_nouns"] += 1
-                truncated_examples.append(n["noun_id"])
-                continue
-            m = masks.get(n["noun_id"])
-            if m is None:
-                count["unmasked_nouns"] += 1
-                continue
-            if not n["token_indices"]:
-                count["nouns_without_tokens"] += 1
-                continue
-            if (m["height"], m["width"]) != (cap["height"], cap["width"]):
-                raise ValueError(
-                    f"noun {n['noun_id']}: mask is {m['height']} x {m['width']}, "
-                    f"its image {cap['height']} x {cap['width']}"
-                )
-            target = NounTarget(
-                noun_id=n["noun_id"], text=n["text"], token_indices=tuple(int(i) for i in n["token_indices"]),
-                rle=bytes(m["rle"]), height=m["height"], width=m["width"],
-            )
-            if coverage is not None:
-                share, r = coverage.worst(target)
-                if share > coverage.max_share:
-                    count["full_image_masks"] += 1
-                    mask_rejects.append((str(n["noun_id"]), "mask_covers_image",
-                                         f"caption {cid} {n['text']!r}: mask covers {share:.3f} of the {r} x {r} "
-                                         f"attention map (max_mask_coverage {coverage.max_share})"))
-                    continue
-            targets.append(target)
-        count["supervised_nouns"] += len(targets)
-        count["examples_without_masks"] += not targets
-        examples.append(Example(
-            caption_id=cid, image_id=cap["image_id"], image_path=path, caption=cap["caption"],
-            height=cap["height"], width=cap["width"], nouns=tuple(targets),
-        ))
-
-    if truncated_examples:
+    own = cache is None
+    cache = default_cache() if own else cache
+    t = _read_tables(captions_path, nouns_path, masks_path)
+    coverage = coverage if coverage is not None and coverage.can_reject else None
+    problems = _image_problems(t.captions, decode_images, cache)
+    if own:
+        cache.save()
+    kept = np.fromiter((p is None for p in problems), dtype=bool, count=len(problems))
+    kinds = _noun_kinds(t, kept)
+    with _collector_paused():  # millions of acyclic objects: the cycle collector would rescan them all
+        examples, mask_rejects = _examples(t, problems, kinds["candidate"] & kept[t.noun_caption], coverage)
+    rejects = [(str(c), *p) for c, p in zip(t.captions["caption_id"], problems) if p is not None]
+    long_captions = None
+    if tokenizer is not None:
+        long_captions = sum(is_long_caption(tokenizer, e.caption) for e in examples)
+    truncated = np.flatnonzero(kinds["truncated"] & kept[t.noun_caption])
+    if len(truncated):
         log.warning("%d noun(s) lie past SD's 77-token window and are not supervised, e.g. noun ids %s",
-                    len(truncated_examples), truncated_examples[:5])
+                    len(truncated), [t.nouns["noun_id"][k] for k in truncated[:5]])
+    counts = {name: int((kinds[name] & kept[t.noun_caption]).sum()) for name in
+              ("truncated", "unmasked", "without_tokens")}
+    summary = _examples_summary(t, examples, rejects, counts, long_captions, coverage, len(mask_rejects))
+    if mask_rejects:
+        log.warning("%d of %d masked nouns have a mask covering more than %s of an attention map and are not "
+                    "supervised (reason mask_covers_image), e.g. %s", len(mask_rejects),
+                    len(mask_rejects) + summary["supervised_nouns"], coverage.max_share, mask_rejects[0][2])
+    log.info("training data: %d examples (%d without masks), %d rejected, %d supervised nouns",
+             len(examples), summary["examples_without_masks"], len(rejects), summary["supervised_nouns"])
+    return examples, rejects + mask_rejects, summary
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Python's cycle collector off for the block (and back on after, if it was on)."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
+def _image_problems(captions: dict[str, list], decode: bool, cache: DigestCache) -> list[tuple[str, str] | None]:
+    """Each caption's image problem (None: the image is fine), every distinct image checked once."""
+    checked: dict[str, tuple[str, str] | None] = {}
+    out = []
+    for path, width, height in zip(captions["path"], captions["width"], captions["height"]):
+        if path not in checked:
+            checked[path] = _image_problem(path, width, height, decode, cache)
+        out.append(checked[path])
+    return out
+
+
+def _noun_kinds(t: _Tables, kept: np.ndarray) -> dict[str, np.ndarray]:
+    """Per noun position: truncated, unmasked, without_tokens, candidate (to supervise, unless its
+    mask covers the map); a candidate of a kept caption whose mask size differs raises ValueError."""
+    truncated = np.asarray(t.nouns["truncated"], dtype=bool)
+    has_mask = t.mask_of >= 0
+    has_tokens = np.diff(t.token_offsets) > 0
+    candidate = ~truncated & has_mask & has_tokens
+    check = np.flatnonzero(candidate & kept[t.noun_caption])
+    rows, caps = t.mask_of[check], t.noun_caption[check]
+    mh, mw = np.asarray(t.masks["height"], np.int64), np.asarray(t.masks["width"], np.int64)
+    ch, cw = np.asarray(t.captions["height"], np.int64), np.asarray(t.captions["width"], np.int64)
+    bad = np.flatnonzero((mh[rows] != ch[caps]) | (mw[rows] != cw[caps])) if len(check) else []
+    if len(bad):
+        k, m, c = int(check[bad[0]]), int(rows[bad[0]]), int(caps[bad[0]])
+        raise ValueError(f"noun {t.nouns['noun_id'][k]}: mask is {mh[m]} x {mw[m]}, its image {ch[c]} x {cw[c]}")
+    return {"truncated": truncated, "unmasked": ~truncated & ~has_mask,
+            "without_tokens": ~truncated & has_mask & ~has_tokens, "candidate": candidate}
+
+
+def _examples(t: _Tables, problems: list, supervise: np.ndarray, coverage: MaskCoverage | None
+              ) -> tuple[list[Example], list[tuple[str, str, str]]]:
+    """One Example per kept caption with its candidate nouns; masks covering the map are rejected."""
+    caps, nouns, masks = t.captions, t.nouns, t.masks
+    cand = np.flatnonzero(supervise)
+    first, last = np.searchsorted(cand, t.start).tolist(), np.searchsorted(cand, t.end).tolist()
+    cand, mask_of, offsets, tokens = cand.tolist(), t.mask_of.tolist(), t.token_offsets.tolist(), t.tokens
+    examples, mask_rejects = [], []
+    for i, problem in enumerate(problems):
+        if problem is not None:
+            continue
+        targets = []
+        for k in cand[first[i]:last[i]]:
+            m = mask_of[k]
+            target = NounTarget(noun_id=nouns["noun_id"][k], text=nouns["text"][k],
+                                token_indices=tuple(tokens[offsets[k]:offsets[k + 1]]), rle=bytes(masks["rle"][m]),
+                                height=masks["height"][m], width=masks["width"][m])
+            reject = _coverage_reject(coverage, target, caps["caption_id"][i]) if coverage is not None else None
+            if reject is not None:
+                mask_rejects.append(reject)
+                continue
+            targets.append(target)
+        examples.append(Example(caption_id=caps["caption_id"][i], image_id=caps["image_id"][i],
+                                image_path=caps["path"][i], caption=caps["caption"][i], height=caps["height"][i],
+                                width=caps["width"][i], nouns=tuple(targets)))
+    return examples, mask_rejects
+
+
+def _coverage_reject(coverage: MaskCoverage, target: NounTarget, caption_id: int) -> tuple[str, str, str] | None:
+    share, r = coverage.worst(target)
+    if share <= coverage.max_share:
+        return None
+    return (str(target.noun_id), "mask_covers_image",
+            f"caption {caption_id} {target.text!r}: mask covers {share:.3f} of the {r} x {r} attention map "
+            f"(max_mask_coverage {coverage.max_share})")
+
+
+def _examples_summary(t: _Tables, examples: list[Example], rejects: list, counts: dict[str, int],
+                      long_captions: int | None, coverage: MaskCoverage | None, full: int) -> dict[str, Any]:
+    """The counts of ``build_examples``; raises RuntimeError when they do not add up."""
+    lengths = np.asarray(t.end) - np.asarray(t.start)
+    rejected_ids = {int(k) for k, _, _ in rejects}
+    of_rejected = int(sum(n for c, n in zip(t.captions["caption_id"], lengths.tolist()) if c in rejected_ids))
     summary = {
-        "captions": len(captions),
+        "captions": len(t.captions["caption_id"]),
         "examples": len(examples),
         "rejected": len(rejects),
         "rejected_by_reason": dict(sorted(Counter(r for _, r, _ in rejects).items())),
-        "examples_without_masks": count["examples_without_masks"],
-        "long_captions": count["long_captions"] if tokenizer is not None else None,
-        "input_nouns": len(nouns),
-        "supervised_nouns": count["supervised_nouns"],
-        "truncated_nouns": count["truncated_nouns"],
-        "unmasked_nouns": count["unmasked_nouns"],
-        "nouns_without_tokens": count["nouns_without_tokens"],
-        "full_image_masks": count["full_image_masks"],
-        "nouns_of_rejected_captions": count["nouns_of_rejected_captions"],
+        "examples_without_masks": sum(not e.nouns for e in examples),
+        "long_captions": long_captions,
+        "input_nouns": len(t.nouns["noun_id"]),
+        "supervised_nouns": sum(len(e.nouns) for e in examples),
+        "truncated_nouns": counts["truncated"],
+        "unmasked_nouns": counts["unmasked"],
+        "nouns_without_tokens": counts["without_tokens"],
+        "full_image_masks": full,
+        "mask_coverage_checked": coverage is not None,
+        "nouns_of_rejected_captions": of_rejected,
         "max_nouns_per_example": max((len(e.nouns) for e in examples), default=0),
     }
     noun_parts = ("supervised_nouns", "truncated_nouns", "unmasked_nouns", "nouns_without_tokens",
@@ -254,13 +441,21 @@ def build_examples(
         summary["input_nouns"] != sum(summary[k] for k in noun_parts)
     ):
         raise RuntimeError(f"training data: counts do not add up: {summary}")
-    if mask_rejects:
-        log.warning("%d of %d masked nouns have a mask covering more than %s of an attention map and are not "
-                    "supervised (reason mask_covers_image), e.g. %s", len(mask_rejects),
-                    len(mask_rejects) + summary["supervised_nouns"], coverage.max_share, mask_rejects[0][2])
-    log.info("training data: %d examples (%d without masks), %d rejected, %d supervised nouns",
-             len(examples), summary["examples_without_masks"], len(rejects), summary["supervised_nouns"])
-    return examples, rejects + mask_rejects, summary
+    return summary
+
+
+def is_long_caption(tokenizer: CLIPTokenizer, caption: str) -> bool:
+    """Whether ``caption`` has more than the 75 content tokens SD's 77-token window keeps.
+
+    Tokenising is skipped where it cannot say yes: every CLIP BPE token covers at least one
+    byte of the cleaned, lower-cased text, and for ASCII text without ``&`` (no HTML entity
+    that ftfy could expand) cleaning adds no byte, so at most 75 non-space characters give
+    at most 75 tokens. Most COCO captions are such; the others are tokenised.
+    """
+    limit = MODEL_MAX_LENGTH - 2
+    if caption.isascii() and "&" not in caption and len(caption) - sum(map(caption.count, " \t\n\r\f\v")) <= limit:
+        return False
+    return len(tokenizer.tokenize(caption)) > limit
 
 
 @dataclass(frozen=True)
@@ -274,6 +469,11 @@ class MaskCoverage:
     resolution: int
     latent_resolutions: tuple[int, ...]
     max_share: float
+
+    @property
+    def can_reject(self) -> bool:
+        """Whether any mask can cover more than ``max_share`` (not when it is 1: the whole map)."""
+        return self.max_share < 1.0
 
     def worst(self, noun: NounTarget) -> tuple[float, int]:
         """``(share, r)``: the largest fraction of an ``r x r`` map the center-cropped mask covers."""
