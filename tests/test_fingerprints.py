@@ -38,8 +38,10 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
     masks = tmp_path / "masks.parquet"
     write_table(pa.table({"noun_id": [1]}), masks)
     weights = tmp_path / "weights"
-    (weights / "unet").mkdir(parents=True)
-    (weights / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"unet" * 50)
+    for part in ("tokenizer", "scheduler", "text_encoder", "vae", "unet"):  # an SD pipeline folder
+        (weights / "sd" / part).mkdir(parents=True)
+        (weights / "sd" / part / "config.json").write_text("{}")
+    (weights / "sd" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"unet" * 50)
     (weights / "config.py").write_text("modelname = 'groundingdino'\n")
     (weights / "groundingdino.pth").write_bytes(b"dino" * 50)
     (weights / "sam.pth").write_bytes(b"sam" * 50)
@@ -56,7 +58,7 @@ def _keys(inputs: dict) -> dict[str, str]:
                           text_encoder=str(w / "bert"))
     segment = SegmentConfig(model_type="tiny", checkpoint=str(w / "sam.pth"), shard_size=4, device="cpu",
                             export_png=False, out_dir="x")
-    train = TrainConfig(pretrained=str(w), masks=str(inputs["masks"]))
+    train = TrainConfig(pretrained=str(w / "sd"), masks=str(inputs["masks"]))
     return {
         "ground": ground_fingerprint(ground, inputs["captions"], inputs["nouns"], images),
         "segment": segment_fingerprint(segment, inputs["captions"], inputs["nouns"], images),
@@ -80,7 +82,7 @@ def test_one_image_byte_changes_every_key(inputs):
     ("ground", "bert/model.safetensors"),
     ("segment", "sam.pth"),
     ("segment", "config.json"),
-    ("train", "unet/diffusion_pytorch_model.safetensors"),
+    ("train", "sd/unet/diffusion_pytorch_model.safetensors"),
 ])
 def test_one_weight_byte_changes_its_stage_key(inputs, stage, weight):
     before = _keys(inputs)

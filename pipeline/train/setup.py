@@ -16,12 +16,11 @@ import torch
 
 from pipeline.core.code import code_digest
 from pipeline.core.devices import resolve_device
-from pipeline.core.shards import inputs_digest
-from pipeline.core.tables import read_table
+from pipeline.core.digests import on_main_process
 from pipeline.models.stable_diffusion import load_sd_components, vae_scale_factor
 from pipeline.train.attention import layer_resolutions
 from pipeline.train.config import TrainConfig
-from pipeline.train.dataset import MaskCoverage, TokenComposeDataset, build_examples
+from pipeline.train.dataset import MaskCoverage, TokenComposeDataset, build_examples, training_inputs_digest
 from pipeline.train.holdout import split_holdout
 from pipeline.train.runs import ResumePlan, RunIdentity, plan_resume
 
@@ -66,30 +65,20 @@ def make_accelerator(cfg: TrainConfig):
                        cpu=device == "cpu")
 
 
-def _broadcast(accelerator, obj: Any) -> Any:
-    """The main process's ``obj`` on every process."""
-    if accelerator.num_processes == 1:
-        return obj
-    from accelerate.utils import broadcast_object_list
-
-    box = [obj]
-    broadcast_object_list(box, from_process=0)
-    return box[0]
-
-
 def data_digest(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Path) -> str:
-    """The bytes that define the training data: tables, every image, the pretrained model (or its hub id)."""
-    images = sorted(set(read_table(captions_path, columns=["path"]).column("path").to_pylist()))
-    return inputs_digest(captions_path, nouns_path, cfg.masks, cfg.pretrained, *images)
+    """The bytes that define the training data: tables, every image, the files of the pretrained
+    model its loaders read (or its hub id); unchanged files come from the digest cache."""
+    return training_inputs_digest(captions_path, nouns_path, cfg.masks, cfg.pretrained)
 
 
 def identify_run(cfg: TrainConfig, accelerator, captions_path, nouns_path) -> tuple[RunIdentity, ResumePlan]:
-    """The run's identity and resume plan, computed by the main process and shared (no rank rehashes)."""
-    found = None
-    if accelerator.is_main_process:
+    """The run's identity and resume plan, computed once by the main process and shared (no rank
+    rehashes; an error there stops every process)."""
+    def plan() -> tuple[RunIdentity, ResumePlan]:
         ident = RunIdentity.of(cfg, data_digest(cfg, captions_path, nouns_path), code_digest("pipeline.train.loop"))
-        found = (ident, plan_resume(Path(cfg.out_dir) / "checkpoints", ident, cfg.resume))
-    return _broadcast(accelerator, found)
+        return ident, plan_resume(Path(cfg.out_dir) / "checkpoints", ident, cfg.resume)
+
+    return on_main_process(plan, accelerator.is_main_process, accelerator.num_processes)
 
 
 def load_models(cfg: TrainConfig, accelerator) -> tuple[Models, torch.dtype]:
