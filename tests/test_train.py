@@ -359,3 +359,49 @@ def test_dataloader_workers_give_the_same_training_and_a_resume_without_optimize
     (runs[2] / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run_stage(runs[2], "stages.train", "--log-level", "INFO")
     assert "resuming from" in out.stderr and "AdamW's moments restart from zero at step 2" in out.stderr
+
+
+def test_lora_trains_checkpoints_its_adapter_resumes_and_loads_into_the_pipeline_and_evaluate(
+        train_ws: Path, tmp_path: Path):
+    """``train.adapter: lora``: the same stage, the same ``data/train/unet`` out holding the LoRA."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    from pipeline.evaluate.run import model_digest
+    from pipeline.models.stable_diffusion import SDExpectation, load_sd_pipeline
+
+    lora = dict(adapter="lora", lora_rank=4, lora_alpha=8.0, max_train_steps=4, checkpointing_steps=2, heatmap_steps=2)
+    ws = make_train_ws(train_ws, tmp_path / "ws", **lora)
+    run_stage(ws, "stages.train")
+    out = ws / "data/train"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["side_work_errors"] == [] and 0 < summary["final_heldout_attention_share"] < 1
+    assert sorted(p.name for p in (out / "unet").iterdir()) == ["adapter.json", "pytorch_lora_weights.safetensors"]
+    weights = load_file(str(out / "unet/pytorch_lora_weights.safetensors"))
+    assert weights and all(k.startswith("unet.") and ".lora." in k for k in weights)
+    # checkpoints hold the adapter and AdamW's state of its parameters only
+    ckpt = run_dir(ws) / "step-000002"
+    assert sorted(p.name for p in (ckpt / "unet").iterdir()) == ["adapter.json", "pytorch_lora_weights.safetensors"]
+    moments = load_file(str(ckpt / "optimizer.safetensors"))
+    assert sum(v.numel() for k, v in moments.items() if k.endswith("exp_avg")) == sum(v.numel() for v in weights.values())
+    assert json.loads((ckpt / "state.json").read_text())["settings"]["adapter"] == "lora"
+    # resume from step 2 in another workspace: the same LoRA as the uninterrupted run
+    again = make_train_ws(train_ws, tmp_path / "again", **lora)
+    shutil.copytree(ckpt, again / "data/train/checkpoints" / run_dir(ws).name / ckpt.name)
+    log = run_stage(again, "stages.train", "--log-level", "INFO").stderr
+    assert "resuming from" in log
+    resumed = load_file(str(again / "data/train/unet/pytorch_lora_weights.safetensors"))
+    assert max(float((resumed[k] - weights[k]).abs().max()) for k in weights) <= 1e-6
+    # the user's way: the base pipeline + load_lora_weights; and evaluate's loader with the profile's check
+    base = train_ws / "models/tiny/sd"
+    pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None)
+    pipe.load_lora_weights(out / "unet")
+    image = pipe("a teddy bear next to an apple", num_inference_steps=2, height=64, width=64,
+                 generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    assert image.shape == (64, 64, 3)
+    evaluated = load_sd_pipeline(str(base), str(out / "unet"), "cpu",
+                                 expect=SDExpectation(cross_attention_dim=32, prediction_type="epsilon"))
+    x = (torch.randn(1, 4, 16, 16), torch.tensor([500]), torch.randn(1, 77, 32))
+    with torch.no_grad():
+        assert torch.allclose(evaluated.unet(*x).sample, pipe.unet(*x).sample, atol=1e-6)
+    assert model_digest(str(base), str(out / "unet")) != model_digest(str(base), str(base / "unet"))

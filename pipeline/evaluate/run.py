@@ -53,15 +53,18 @@ from pipeline.evaluate.prompt_benchmarks import (
     publish_images,
     run_prompt_benchmark,
 )
+from pipeline.models.lora import entry_kind
 from pipeline.models.stable_diffusion import check_sd_architecture, load_sd_pipeline
 
 log = logging.getLogger(__name__)
 
 
 def model_digest(pretrained: str, unet: str) -> str:
-    """Hash of the weights a model generates with: the pretrained folder (or hub id) but its UNet, and ``unet``."""
+    """Hash of the weights a model generates with: the pretrained folder (or hub id) but its UNet, and ``unet``
+    (a LoRA: the pretrained UNet too, which it adapts)."""
     folder = Path(pretrained)
-    parts = sorted(p for p in folder.iterdir() if p.name != "unet") if folder.is_dir() else []
+    lora = entry_kind(unet) == "lora"
+    parts = sorted(p for p in folder.iterdir() if lora or p.name != "unet") if folder.is_dir() else []
     base = fingerprint([p.name for p in parts], file_digest(*parts)) if parts else pretrained
     return fingerprint(base, file_digest(unet))
 

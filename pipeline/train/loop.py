@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.train.adapter import load_trained, save_trained
 from pipeline.train.attention import AttentionCapture
 from pipeline.train.checkpoints import (
     checkpoint_last_values,
@@ -87,7 +88,7 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
     run.accelerator.wait_for_everyone()
     if not run.is_main:
         return None
-    run.accelerator.unwrap_model(run.models.unet).save_pretrained(Path(cfg.out_dir) / "unet", safe_serialization=True)
+    save_trained(run.accelerator.unwrap_model(run.models.unet), Path(cfg.out_dir) / "unet", cfg)
     summary = build_summary(cfg, run.layout, _run_record(run), run.data, run.base, run.last, run.side.errors)
     run.logger.finish(summary, run.data.rejects)
     log.info("trained %d steps in %.1f s", cfg.max_train_steps - run.start_step, time.perf_counter() - t0)
@@ -108,16 +109,16 @@ def start_run(cfg: TrainConfig, captions_path, nouns_path) -> Run:
     side = SideWork(cfg, accelerator, models, capture, data.dataset, heldout_set, data.resolutions, weight_dtype,
                     heat_indices=[i for i, e in enumerate(data.examples) if e.nouns][: cfg.heatmap_captions])
     base = side.heldout(0) or {}  # the pretrained UNet on the held-out images: what training should improve on
-    start_step, last = _load_checkpoint_weights(plan, models)
+    start_step, last = _load_checkpoint_weights(plan, models, cfg)
     if cfg.gradient_checkpointing:
         models.unet.enable_gradient_checkpointing()
     models.unet.train()
-    optimizer = torch.optim.AdamW(models.unet.parameters(), lr=cfg.learning_rate,
+    optimizer = torch.optim.AdamW(models.trainable, lr=cfg.learning_rate,
                                   betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
                                   eps=cfg.adam_epsilon)
     models.unet, optimizer = accelerator.prepare(models.unet, optimizer)
     side.models = Models(accelerator.unwrap_model(models.unet), models.vae, models.text_encoder, models.scheduler,
-                         models.tokenizer)
+                         models.tokenizer, models.trainable)
     if plan.checkpoint is not None:
         _load_checkpoint_state(plan.checkpoint, optimizer, accelerator, start_step)
     logger = TrainLogger(Path(cfg.out_dir), enabled=accelerator.is_main_process, resume_step=start_step)
@@ -128,12 +129,10 @@ def start_run(cfg: TrainConfig, captions_path, nouns_path) -> Run:
                start_step, last, base, others)
 
 
-def _load_checkpoint_weights(plan: ResumePlan, models: Models) -> tuple[int, dict[str, float]]:
+def _load_checkpoint_weights(plan: ResumePlan, models: Models, cfg: TrainConfig) -> tuple[int, dict[str, float]]:
     if plan.checkpoint is None:
         return 0, {}
-    from diffusers import UNet2DConditionModel
-
-    models.unet.load_state_dict(UNet2DConditionModel.from_pretrained(plan.checkpoint / "unet").state_dict())
+    load_trained(models.unet, plan.checkpoint / "unet", cfg)
     log.info("resuming from %s (step %d)", plan.checkpoint, checkpoint_step(plan.checkpoint))
     return checkpoint_step(plan.checkpoint), checkpoint_last_values(plan.checkpoint)
 
@@ -188,7 +187,7 @@ def optimizer_step(run: Run, step: int, batches) -> dict[str, float]:
         run.capture.clear()
         for k, v in logged.items():
             parts_sum[k] = parts_sum.get(k, 0.0) + v / accumulation
-    grad_norm = acc.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
+    grad_norm = acc.clip_grad_norm_(run.models.trainable, cfg.max_grad_norm)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     values = _mean_over_processes(acc, parts_sum)
@@ -208,7 +207,8 @@ def _checkpoint(run: Run, done: int) -> Path | None:
         state = {**run.ident.state(), "last": run.last, "scaler": scaler_state(getattr(run.accelerator, "scaler", None))}
         path = save_checkpoint(run.plan.folder, done, run.accelerator.unwrap_model(run.models.unet),
                                run.optimizer if run.cfg.checkpoint_optimizer else None, state,
-                               run.cfg.checkpoints_total_limit)
+                               run.cfg.checkpoints_total_limit,
+                               save_weights=lambda unet, folder: save_trained(unet, folder, run.cfg))
     run.accelerator.wait_for_everyone()
     return path
 

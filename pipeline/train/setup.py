@@ -8,7 +8,7 @@ and shared with the others.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from pipeline.core.devices import resolve_device
 from pipeline.core.shards import inputs_digest
 from pipeline.core.tables import read_table
 from pipeline.models.stable_diffusion import load_sd_components, vae_scale_factor
+from pipeline.train.adapter import check_lora_targets, prepare_trainable
 from pipeline.train.attention import layer_resolutions
 from pipeline.train.config import TrainConfig
 from pipeline.train.dataset import MaskCoverage, TokenComposeDataset, build_examples
@@ -32,13 +33,17 @@ WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfl
 
 @dataclass
 class Models:
-    """The pipeline parts training uses; VAE and text encoder frozen on the device."""
+    """The pipeline parts training uses; VAE and text encoder frozen on the device.
+
+    ``trainable``: the parameters the optimizer updates (the UNet's, or its LoRA's).
+    """
 
     unet: Any
     vae: Any
     text_encoder: Any
     scheduler: Any
     tokenizer: Any
+    trainable: list = field(default_factory=list)
 
 
 @dataclass
@@ -93,14 +98,16 @@ def identify_run(cfg: TrainConfig, accelerator, captions_path, nouns_path) -> tu
 
 
 def load_models(cfg: TrainConfig, accelerator) -> tuple[Models, torch.dtype]:
-    """The pretrained parts; VAE and text encoder frozen, in the mixed-precision dtype, on the device."""
+    """The pretrained parts; VAE and text encoder frozen, in the mixed-precision dtype, on the device;
+    the UNet ready to train (``adapter.prepare_trainable``: whole, or frozen with a LoRA)."""
+    check_lora_targets(cfg)  # a target the UNet lacks stops the run before any weight loads
     parts = load_sd_components(cfg.pretrained, revision=cfg.revision, expect=cfg.expect)
     dtype = WEIGHT_DTYPES[cfg.mixed_precision]
     for frozen in (parts.vae, parts.text_encoder):
         frozen.requires_grad_(False).eval()
         frozen.to(accelerator.device) if dtype == torch.float32 else frozen.to(accelerator.device, dtype)
-    models = Models(parts.unet.to(accelerator.device), parts.vae, parts.text_encoder, parts.noise_scheduler,
-                    parts.tokenizer)
+    trainable = prepare_trainable(parts.unet, cfg, accelerator.device, dtype)
+    models = Models(parts.unet, parts.vae, parts.text_encoder, parts.noise_scheduler, parts.tokenizer, trainable)
     return models, dtype
 
 
