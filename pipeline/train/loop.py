@@ -12,7 +12,9 @@ processes, after the checkpoint, never ending the run). Checkpoints live in a fo
 run (``runs``): other settings train beside them, and nothing is deleted by a mismatch.
 
 Only the UNet trains (VAE and text encoder frozen, in the mixed-precision dtype), AdamW with a
-constant learning rate and gradient clipping, as in the official code. Cross-attention maps
+constant learning rate and gradient clipping, as in the official code; with ``train.adapter:
+lora`` a peft LoRA on the frozen UNet trains instead (``adapter``), and checkpoints and the
+final ``<out_dir>/unet`` hold the LoRA. Cross-attention maps
 are captured only on the supervised layers (``attn_blocks``).
 """
 
