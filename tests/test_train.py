@@ -376,7 +376,12 @@ def test_lora_trains_checkpoints_its_adapter_resumes_and_loads_into_the_pipeline
     out = ws / "data/train"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["side_work_errors"] == [] and 0 < summary["final_heldout_attention_share"] < 1
-    assert sorted(p.name for p in (out / "unet").iterdir()) == ["adapter.json", "pytorch_lora_weights.safetensors"]
+    assert sorted(p.name for p in (out / "unet").iterdir()) == [
+        "README.md", "adapter.json", "heatmap.png", "pytorch_lora_weights.safetensors", "samples.png"]
+    card = (out / "unet/README.md").read_text()
+    assert "library_name: diffusers" in card and "- lora" in card and "base_model: models/tiny/sd" in card
+    assert 'pipe.load_lora_weights("data/train/unet")' in card and "![samples](samples.png)" in card
+    assert "random_weights" in card and "lora_rank: 4" in card
     weights = load_file(str(out / "unet/pytorch_lora_weights.safetensors"))
     assert weights and all(k.startswith("unet.") and ".lora." in k for k in weights)
     # checkpoints hold the adapter and AdamW's state of its parameters only
