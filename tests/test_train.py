@@ -410,3 +410,29 @@ def test_lora_trains_checkpoints_its_adapter_resumes_and_loads_into_the_pipeline
     with torch.no_grad():
         assert torch.allclose(evaluated.unet(*x).sample, pipe.unet(*x).sample, atol=1e-6)
     assert model_digest(str(base), str(out / "unet")) != model_digest(str(base), str(base / "unet"))
+
+
+def test_cached_latents_give_the_same_losses_and_weights(train_ws: Path, tmp_path: Path):
+    """``train.cache_latents``: the posterior's mean and std of each image, encoded once; the draws per
+    (seed, step, position) unchanged. Micro-batches of 1: bit for bit the same training."""
+    from safetensors import safe_open
+
+    runs = {}
+    for cache in (False, True):
+        ws = make_train_ws(train_ws, tmp_path / f"cache{int(cache)}", max_train_steps=2, train_batch_size=1,
+                           checkpointing_steps=2, heatmap_steps=2, cache_latents=cache)
+        run_stage(ws, "stages.train")
+        runs[cache] = ws
+    curves = [(ws / "data/train/dvclive/plots/metrics/loss/total.tsv").read_text() for ws in runs.values()]
+    assert curves[0] == curves[1] and len(curves[0].splitlines()) == 3
+    assert_same_weights(runs[False] / "data/train/unet", runs[True] / "data/train/unet", atol=0.0)
+    assert not (runs[False] / "data/train/latents").exists()
+    shards = sorted((runs[True] / "data/train/latents").glob("*/part-*.safetensors"))
+    summary = json.loads((runs[True] / "data/train/summary.json").read_text())
+    with safe_open(str(shards[0]), "pt") as f:
+        images = json.loads(f.metadata()["images"])
+        mean, std = f.get_tensor("mean"), f.get_tensor("std")
+    assert len(shards) == 1 and len(images) == summary["train_examples"] // 2  # the demo: 2 captions per image
+    assert mean.shape == std.shape == (len(images), 4, 16, 16) and mean.dtype == torch.float32 and (std > 0).all()
+    # the settings are the same run: a cached rerun resumes the uncached run's checkpoint
+    assert summary["run"] == json.loads((runs[False] / "data/train/summary.json").read_text())["run"]

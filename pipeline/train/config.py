@@ -53,6 +53,7 @@ class TrainConfig:
     max_mask_coverage: float = 0.9             # a mask covering more of an attention map is not supervised
     num_workers: int = 0                       # DataLoader worker processes decoding and resizing images
     checkpoint_optimizer: bool = True          # keep AdamW's state in checkpoints (SD1.4: 6.9 GB each)
+    cache_latents: bool = False                # encode each image once (the VAE posterior's mean and std)
     adapter: Literal["full", "lora"] = "full"  # full: the whole UNet trains (paper); lora: a peft LoRA on it
     lora_rank: int = 4                         # LoRA settings: used with adapter: lora (checked always)
     lora_alpha: float = 4.0                    # scale alpha / rank (diffusers' script: alpha = rank)
@@ -103,7 +104,7 @@ class TrainConfig:
 #: settings that do not change what is trained: they may differ between a run and its resume
 RESUMABLE = ("train_batch_size", "max_train_steps", "gradient_checkpointing", "checkpointing_steps",
              "checkpoints_total_limit", "resume", "heatmap_steps", "heatmap_captions", "num_workers",
-             "checkpoint_optimizer", "expect", "device", "out_dir")
+             "checkpoint_optimizer", "expect", "device", "out_dir", "cache_latents")
 
 
 #: the settings of ``train.adapter: lora``; a full fine-tune leaves them (and ``adapter``) out of its run key

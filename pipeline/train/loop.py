@@ -46,7 +46,15 @@ from pipeline.train.config import BatchLayout, TrainConfig
 from pipeline.train.order import ExampleOrder
 from pipeline.train.runs import RunIdentity, ResumePlan, describe_other_runs
 from pipeline.train.sampler import MicroBatchSampler, micro_batch_loader
-from pipeline.train.setup import Models, TrainData, identify_run, load_data, load_models, make_accelerator
+from pipeline.train.setup import (
+    Models,
+    TrainData,
+    attach_latent_cache,
+    identify_run,
+    load_data,
+    load_models,
+    make_accelerator,
+)
 from pipeline.train.side_work import SideWork
 from pipeline.train.step import TrainingDiverged, check_finite, micro_step
 
@@ -106,6 +114,8 @@ def start_run(cfg: TrainConfig, captions_path, nouns_path) -> Run:
     ident, plan = identify_run(cfg, accelerator, captions_path, nouns_path)
     models, weight_dtype = load_models(cfg, accelerator)
     data = load_data(cfg, models, captions_path, nouns_path)
+    if cfg.cache_latents:
+        attach_latent_cache(cfg, data, models, accelerator, weight_dtype)
     capture = AttentionCapture(models.unet, blocks=cfg.attn_blocks)
     heldout_set = data.heldout_set if data.heldout_nouns else None
     side = SideWork(cfg, accelerator, models, capture, data.dataset, heldout_set, data.resolutions, weight_dtype,
@@ -154,7 +164,9 @@ def train_steps(run: Run) -> None:
     cfg, acc = run.cfg, run.accelerator
     sampler = MicroBatchSampler(ExampleOrder(len(run.data.dataset), cfg.seed), run.layout, run.start_step,
                                 cfg.max_train_steps, acc.process_index)
-    batches = iter(micro_batch_loader(run.data.dataset, sampler, cfg.num_workers))
+    loader = (micro_batch_loader(run.data.dataset, sampler, cfg.num_workers) if run.data.loader_set is None else
+              micro_batch_loader(run.data.loader_set, sampler, cfg.num_workers, run.data.collate_fn))
+    batches = iter(loader)
     bar = tqdm(total=cfg.max_train_steps, initial=run.start_step, desc="train", unit="step",
                disable=None if run.is_main else True)
     # the capture is held across steps: swapping processors every micro-step costs time

@@ -57,6 +57,8 @@ class TrainData:
     dataset: TokenComposeDataset
     heldout_set: TokenComposeDataset | None
     resolutions: list[int]
+    loader_set: Any = None           # what the training loader reads: ``dataset``, or its cached latents
+    collate_fn: Any = None
 
     @property
     def heldout_nouns(self) -> int:
@@ -125,3 +127,16 @@ def load_data(cfg: TrainConfig, models: Models, captions_path, nouns_path) -> Tr
     if heldout and not data.heldout_nouns:
         log.warning("no held-out caption has a supervised noun: the held-out attention share is not measured")
     return data
+
+
+def attach_latent_cache(cfg: TrainConfig, data: TrainData, models: Models, accelerator, dtype: torch.dtype) -> None:
+    """``train.cache_latents``: the main process encodes the images not cached yet; every process then
+    trains from the cache (``latent_cache``). Held-out grounding and heatmaps keep the images."""
+    from pipeline.train.latent_cache import CachedLatentsDataset, LatentCache, cache_folder, collate_cached, fill_cache
+
+    folder = cache_folder(cfg.out_dir, cfg.pretrained, cfg.resolution, dtype)
+    if accelerator.is_main_process:
+        fill_cache(folder, data.dataset, models.vae, accelerator.device, dtype)
+    accelerator.wait_for_everyone()
+    data.loader_set = CachedLatentsDataset(data.dataset, LatentCache.read(folder))
+    data.collate_fn = collate_cached
