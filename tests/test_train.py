@@ -293,7 +293,7 @@ def test_a_global_batch_the_processes_cannot_make_stops_before_any_work(train_ws
 @pytest.mark.slow
 def test_supervision_raises_attention_inside_masks_on_held_out_images(train_ws: Path, tmp_path: Path):
     """K steps with the demo's lambda, gamma and learning rate against the same K steps (same seed)
-    with lambda = gamma = 0.
+    with lambda = gamma = 0, and a LoRA with the demo's lambda and gamma.
 
     Exact demo instance masks; 3 of the 12 images held out. If the token indices or the losses
     were wrong, the supervised run would not move attention onto unseen images' objects.
@@ -301,13 +301,20 @@ def test_supervision_raises_attention_inside_masks_on_held_out_images(train_ws: 
     demo = yaml.safe_load((train_ws / "params.yaml").read_text())["train"]
     assert demo["lambda_token"] > 0 and demo["gamma_pixel"] > 0
     runs = {}
-    for name, (lam, gam) in {"on": (demo["lambda_token"], demo["gamma_pixel"]), "off": (0.0, 0.0)}.items():
-        ws = make_train_ws(train_ws, tmp_path / name, lambda_token=lam, gamma_pixel=gam, max_train_steps=30,
-                           learning_rate=demo["learning_rate"], global_batch_size=4, train_batch_size=4, holdout_images=3,
-                           checkpointing_steps=1000, heatmap_steps=1000, gradient_checkpointing=False)
+    on_settings = {"lambda_token": demo["lambda_token"], "gamma_pixel": demo["gamma_pixel"]}
+    for name, settings in {"on": on_settings, "off": {"lambda_token": 0.0, "gamma_pixel": 0.0},
+                           # a LoRA (rank 4) with the README's demo command: 10x the learning rate
+                           "lora": {**on_settings, "adapter": "lora", "learning_rate": 10 * demo["learning_rate"]}
+                           }.items():
+        ws = make_train_ws(train_ws, tmp_path / name, **{"max_train_steps": 30, "learning_rate": demo["learning_rate"],
+                           "global_batch_size": 4, "train_batch_size": 4, "holdout_images": 3,
+                           "checkpointing_steps": 1000, "heatmap_steps": 1000, "gradient_checkpointing": False,
+                           **settings})
         run_stage(ws, "stages.train")
         runs[name] = json.loads((ws / "data/train/summary.json").read_text())
-    on, off = runs["on"], runs["off"]
+    on, off, lora = runs["on"], runs["off"], runs["lora"]
+    assert lora["base_heldout_attention_share"] == on["base_heldout_attention_share"]  # a fresh LoRA is the base
+    assert lora["final_heldout_attention_share"] > 1.25 * lora["base_heldout_attention_share"], lora
     assert on["base_heldout_attention_share"] == off["base_heldout_attention_share"]  # same pretrained UNet
     assert on["final_heldout_attention_share"] > 1.25 * off["final_heldout_attention_share"], runs
     assert on["final_heldout_attention_share"] > 1.25 * on["base_heldout_attention_share"], on
