@@ -193,3 +193,14 @@ def test_lora_settings_key_a_lora_run_and_leave_a_full_run_key_as_it_was():
         "to_k", "to_q", "to_v", "to_out.0"]
     keys = {RunIdentity.of(c, "d", "c").key for c in (TrainConfig(), LORA, dataclasses.replace(LORA, lora_rank=8))}
     assert len(keys) == 3
+
+
+def test_the_paper_lora_profile_is_the_paper_recipe_with_a_lora():
+    from stages.profiles import resolve
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    paper, lora = resolve(configs / "paper-sd14.yaml"), resolve(configs / "paper-sd14-lora.yaml")
+    assert {k for k in paper if paper[k] != lora[k]} == {"train"}
+    changed = {k for k in lora["train"] if lora["train"][k] != paper["train"].get(k)}
+    assert changed == {"adapter", "learning_rate", "cache_latents"}
+    assert lora["train"]["lambda_token"] == 1e-3 and lora["train"]["gamma_pixel"] == 5e-5
