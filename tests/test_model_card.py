@@ -56,3 +56,20 @@ def test_no_heldout_images_says_so(tmp_path: Path):
     summary = {k: v for k, v in SUMMARY.items() if "attention" not in k}
     text = write_model_card(tmp_path, dataclasses.replace(TrainConfig(), holdout_images=0), summary).read_text()
     assert "Not measured (no held-out image" in text
+
+
+def test_evaluate_fills_the_evaluation_section_of_a_copy_and_keeps_the_pictures(tmp_path: Path):
+    from pipeline.train.model_card import card_with_metrics
+
+    cfg = TrainConfig(adapter="lora", pretrained="models/tiny/sd")
+    weights = tmp_path / "data/train/unet"
+    weights.mkdir(parents=True)
+    (weights / "heatmap.png").write_bytes(b"")
+    card = write_model_card(weights, cfg, SUMMARY).read_text()
+    figures = tmp_path / "data/evaluate/tokencompose/figures"
+    filled = card_with_metrics(card, {"multigen": {"MG2": 80.0}, "fid": 30.25, "attention": {"share": 0.2, "pairs": [1]}},
+                               weights, figures)
+    assert "Not evaluated yet" not in filled and "| multigen.MG2 | 80 |" in filled and "| fid | 30.25 |" in filled
+    assert "| attention.share | 0.2 |" in filled and "pairs" not in filled
+    assert "![heatmap](../../../train/unet/heatmap.png)" in filled
+    assert filled.split("## Evaluation")[0] == card.split("## Evaluation")[0]

@@ -82,8 +82,9 @@ def _evaluation(metrics: dict[str, Any] | None) -> str:
         return ("Not evaluated yet: `dvc repro evaluate@<model>` writes `data/evaluate/<model>/metrics.json` "
                 "(MultiGen MG2-5, Object Accuracy, FID, attention share).")
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k not in ("flagged",)}
-    flat.update({f"{k}.{kk}": vv for k, v in metrics.items() if isinstance(v, dict) and k.startswith("multigen")
-                 for kk, vv in v.items()})
+    flat.update({f"{k}.{kk}": vv for k, v in metrics.items() if isinstance(v, dict)
+                 and (k.startswith("multigen") or k == "attention") for kk, vv in v.items()
+                 if isinstance(vv, (int, float)) and not isinstance(vv, bool)})
     return _table(sorted(flat.items()), ("metric", "value"))
 
 
@@ -202,3 +203,18 @@ def write_card_with_pictures(cfg: TrainConfig, summary: dict[str, Any], dataset:
         except Exception:  # pictures must never cost the trained weights their card
             log.exception("model card: drawing the %s failed; the card goes without them", what)
     return write_model_card(folder, cfg, summary, dataset)
+
+
+def card_with_metrics(card: str, metrics: dict[str, Any], pictures_from: str | Path, to: str | Path) -> str:
+    """A trained weights' card with its Evaluation section filled from an evaluate ``metrics.json``,
+    its picture links rewritten to point from the folder ``to`` at the folder ``pictures_from``."""
+    import os
+    import re
+
+    head, sep, rest = card.partition("## Evaluation\n\n")
+    if not sep:
+        raise ValueError("not a model card written by the train stage: it has no '## Evaluation' section")
+    tail = rest[rest.index("\n## "):] if "\n## " in rest else "\n"
+    rel = os.path.relpath(Path(pictures_from), Path(to))
+    tail = re.sub(r"!\[([^\]]*)\]\(([^)/]+)\)", lambda m: f"![{m.group(1)}]({rel}/{m.group(2)})", tail)
+    return head + sep + _evaluation(metrics) + "\n" + tail
