@@ -58,7 +58,7 @@ def entry_kind(path: str | Path, where: str = "model entry") -> EntryKind:
                          + ("; give the UNet folder that holds it" if path.name.startswith("diffusion_pytorch_model")
                             else ""))
     if not path.is_dir():
-        raise FileNotFoundError(f"UNet folder or LoRA {path} not found ({expected})")
+        raise FileNotFoundError(f"UNet folder {path} not found, nor a LoRA there ({expected})")
     if (path / LORA_WEIGHTS).is_file():
         return "lora"
     if (path / "config.json").is_file():
