@@ -204,3 +204,28 @@ def test_the_paper_lora_profile_is_the_paper_recipe_with_a_lora():
     changed = {k for k in lora["train"] if lora["train"][k] != paper["train"].get(k)}
     assert changed == {"adapter", "learning_rate", "cache_latents"}
     assert lora["train"]["lambda_token"] == 1e-3 and lora["train"]["gamma_pixel"] == 5e-5
+
+
+def test_an_sdxl_folder_or_unet_in_an_sd1_profile_is_named_before_any_weight_loads(tiny_sd: Path, tmp_path: Path,
+                                                                                   monkeypatch):
+    import shutil
+
+    import diffusers
+
+    from pipeline.models.stable_diffusion import SDExpectation, load_sd_components
+
+    sdxl = Path(shutil.copytree(tiny_sd, tmp_path / "sdxl"))
+    index = json.loads((sdxl / "model_index.json").read_text())
+    (sdxl / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLPipeline"}))
+    unet_config = json.loads((sdxl / "unet/config.json").read_text())
+    (sdxl / "unet/config.json").write_text(json.dumps({**unet_config, "addition_embed_type": "text_time"}))
+    (sdxl / "text_encoder_2").mkdir()
+    monkeypatch.setattr(diffusers.UNet2DConditionModel, "from_pretrained",
+                        classmethod(lambda *a, **k: pytest.fail("loaded weights before the check")))
+    expect = SDExpectation(cross_attention_dim=32, prediction_type="epsilon")
+    with pytest.raises(ValueError, match=r"sdxl: a Stable Diffusion XL folder \(.*model_index.json names "
+                                         r"StableDiffusionXLPipeline.*text_encoder_2.*text_time.*expect .*1.x"):
+        load_sd_components(sdxl, expect=expect)
+    with pytest.raises(ValueError, match=r"sdxl/unet/config.json: an SDXL UNet .*is a Stable Diffusion 1.x/2.x"):
+        check_sd_architecture(tiny_sd, expect, (sdxl / "unet",))
+    assert "Stable Diffusion XL" in expect.describe((2048, "epsilon"))

@@ -256,6 +256,7 @@ KNOWN_SD = {
     (768, "epsilon"): "Stable Diffusion 1.x (CLIP ViT-L/14 text encoder, epsilon)",
     (1024, "v_prediction"): "Stable Diffusion 2.x 768-v (OpenCLIP ViT-H/14 text encoder, v-prediction)",
     (1024, "epsilon"): "Stable Diffusion 2.x base (OpenCLIP ViT-H/14 text encoder, epsilon)",
+    (2048, "epsilon"): "Stable Diffusion XL (CLIP ViT-L/14 + OpenCLIP ViT-bigG/14 text encoders, epsilon)",
 }
 
 
@@ -296,6 +297,10 @@ def check_sd_architecture(pretrained: str | Path, expect: SDExpectation | None, 
         return
     folder = Path(pretrained)
     swapped = [Path(u) for u in unets if entry_kind(u) == "unet"]
+    for unet in swapped:
+        if _read_json(unet / "config.json").get("addition_embed_type") == "text_time":
+            raise ValueError(f"{unet / 'config.json'}: an SDXL UNet (addition_embed_type text_time); the base "
+                             f"{folder} is a Stable Diffusion 1.x/2.x pipeline")
     for lora in (Path(u) for u in unets if entry_kind(u) == "lora"):
         check_lora_base(lora, _read_json(folder / "unet" / "config.json"), str(folder))
     if expect is None:
@@ -320,6 +325,22 @@ def _check_loaded(pretrained: str, expect: SDExpectation | None, unet, scheduler
         raise ValueError(f"{pretrained}: the profile expects {expect.describe()}; found {expect.describe(pair)}")
 
 
+def sdxl_marks(folder: str | Path) -> list[str]:
+    """What makes a local pipeline folder SDXL, read from its configs ([] for SD1.x/2.x)."""
+    import json
+
+    folder = Path(folder)
+    marks = []
+    index = folder / "model_index.json"
+    if index.is_file() and json.loads(index.read_text()).get("_class_name", "").startswith("StableDiffusionXL"):
+        marks.append(f"{index} names {json.loads(index.read_text())['_class_name']}")
+    marks += [f"{folder / s}/ (a second text encoder)" for s in ("text_encoder_2", "tokenizer_2") if (folder / s).is_dir()]
+    unet = folder / "unet" / "config.json"
+    if unet.is_file() and json.loads(unet.read_text()).get("addition_embed_type") == "text_time":
+        marks.append(f"{unet} has addition_embed_type text_time (SDXL's add_time_ids)")
+    return marks
+
+
 def _check_local(pretrained: str) -> None:
     """A local folder must be a complete pipeline; a missing path under an existing folder is an error.
 
@@ -338,6 +359,11 @@ def _check_local(pretrained: str) -> None:
             held = (f"; it is a LoRA or a UNet, not a base model: name the base pipeline folder here and "
                     f"{path} as an evaluate.models entry")
         raise FileNotFoundError(f"{path} is not a Stable Diffusion pipeline folder: no {missing}{held}")
+    sdxl = sdxl_marks(path)
+    if sdxl:
+        raise ValueError(f"{path}: a Stable Diffusion XL folder ({'; '.join(sdxl)}); the SD1.x/2.x loaders of this "
+                         f"profile expect one text encoder and a UNet without added time embeddings "
+                         f"(train.expect / evaluate.expect: {', '.join(v for v in KNOWN_SD.values() if 'XL' not in v)})")
 
 
 def load_sd_components(pretrained: str | Path, revision: str | None = None, variant: str | None = None,
