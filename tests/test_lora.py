@@ -229,3 +229,18 @@ def test_an_sdxl_folder_or_unet_in_an_sd1_profile_is_named_before_any_weight_loa
     with pytest.raises(ValueError, match=r"sdxl/unet/config.json: an SDXL UNet .*is a Stable Diffusion 1.x/2.x"):
         check_sd_architecture(tiny_sd, expect, (sdxl / "unet",))
     assert "Stable Diffusion XL" in expect.describe((2048, "epsilon"))
+
+
+def test_sdxl_supervised_groups_at_1024_px_are_40_layers_at_32_and_6_at_64():
+    from pipeline.models.sdxl import SDXL_RESOLUTION, VAE_FACTOR, meta_unet
+    from pipeline.train.attention import layer_resolutions
+
+    sides = layer_resolutions(meta_unet(), SDXL_RESOLUTION // VAE_FACTOR, ("mid", "up"))
+    groups: dict[int, list[str]] = {}
+    for name, side in sides.items():
+        groups.setdefault(side, []).append(name)
+    assert {side: len(names) for side, names in groups.items()} == {32: 40, 64: 6}
+    assert sum(n.startswith("mid_block.") for n in groups[32]) == 10
+    assert {n.split(".")[0] + "." + n.split(".")[1] for n in groups[32] if n.startswith("up")} == {"up_blocks.0"}
+    assert {n.split(".")[1] for n in groups[64]} == {"1"}
+    assert not [n for n in layer_resolutions(meta_unet(), 128, ("down",)) if n.startswith("down_blocks.0.")]
