@@ -244,3 +244,16 @@ def test_sdxl_supervised_groups_at_1024_px_are_40_layers_at_32_and_6_at_64():
     assert {n.split(".")[0] + "." + n.split(".")[1] for n in groups[32] if n.startswith("up")} == {"up_blocks.0"}
     assert {n.split(".")[1] for n in groups[64]} == {"1"}
     assert not [n for n in layer_resolutions(meta_unet(), 128, ("down",)) if n.startswith("down_blocks.0.")]
+
+
+def test_token_positions_of_the_vit_l_tokenizer_hold_for_openclip_bigg_on_coco_mini(coco_mini: Path, tmp_path: Path):
+    """SDXL's two tokenizers agree on every position up to the end token; only the padding differs."""
+    from pipeline.models.clip_tokenizer import build_clip_tokenizer, load_clip_tokenizer
+    from pipeline.models.sdxl import bigg_position_mismatches
+
+    captions = [a["caption"] for a in json.loads((coco_mini / "annotations/captions_train2017.json").read_text())
+                ["annotations"]]
+    tokenizer = load_clip_tokenizer(build_clip_tokenizer(tmp_path / "tok", save_fast=False))
+    assert len(captions) >= 20
+    assert bigg_position_mismatches(tokenizer, captions) == []
+    assert bigg_position_mismatches(tokenizer, ["a cat"]) == []  # padding: 49407 (ViT-L) against 0 (bigG), both fine

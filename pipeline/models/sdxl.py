@@ -39,3 +39,24 @@ def meta_unet(config: dict[str, Any] | None = None):
 
     with init_empty_weights():
         return UNet2DConditionModel(**(config or SDXL_BASE_UNET))
+
+
+def bigg_position_mismatches(tokenizer, captions: list[str]) -> list[tuple[str, int]]:
+    """Captions whose token positions differ between SD's CLIP ViT-L tokenizer and OpenCLIP's (ViT-bigG's).
+
+    SDXL's second text encoder takes OpenCLIP's tokens: the same BPE vocabulary, start and end
+    tokens, but padding with id 0 (``"!"``) where the ViT-L tokenizer repeats the end token (49407).
+    Token indices are computed with the ViT-L tokenizer; they hold for both encoders when every
+    position up to and including the end token agrees, which is what is compared here (padding is
+    never a supervised position). Returns ``(caption, first differing position)`` pairs.
+    """
+    import open_clip
+
+    ours = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    theirs = open_clip.tokenize(captions, context_length=77)
+    out = []
+    for caption, a, b in zip(captions, ours.tolist(), theirs.tolist()):
+        end = a.index(tokenizer.eos_token_id) + 1
+        if a[:end] != b[:end] or any(b[end:]):
+            out.append((caption, next((i for i in range(77) if a[i] != b[i] and i < end), end)))
+    return out
