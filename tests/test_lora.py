@@ -257,3 +257,36 @@ def test_token_positions_of_the_vit_l_tokenizer_hold_for_openclip_bigg_on_coco_m
     assert len(captions) >= 20
     assert bigg_position_mismatches(tokenizer, captions) == []
     assert bigg_position_mismatches(tokenizer, ["a cat"]) == []  # padding: 49407 (ViT-L) against 0 (bigG), both fine
+
+
+def test_tiny_sdxl_conditioning_matches_its_pipeline_and_its_folder_is_refused_by_the_sd_loaders(tmp_path: Path):
+    from diffusers import StableDiffusionXLPipeline
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    from pipeline.models.sdxl import add_time_ids, build_tiny_sdxl, encode_sdxl_text
+    from pipeline.models.stable_diffusion import load_sd_components, sdxl_marks
+
+    folder = build_tiny_sdxl(tmp_path / "sdxl", seed=0)
+    assert len(sdxl_marks(folder)) == 4
+    with pytest.raises(ValueError, match="a Stable Diffusion XL folder"):
+        load_sd_components(folder)
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder)
+    assert pipe.tokenizer_2.pad_token_id == 0 and pipe.tokenizer.pad_token_id == 49407
+    caption = "a teddy bear next to an apple"
+    ids = [t(caption, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+           for t in (pipe.tokenizer, pipe.tokenizer_2)]
+    with torch.no_grad():
+        embeds, pooled = encode_sdxl_text([pipe.text_encoder, pipe.text_encoder_2], ids)
+        want, _, want_pooled, _ = pipe.encode_prompt(caption, device="cpu", do_classifier_free_guidance=False)
+    assert embeds.shape == (1, 77, 64) and pooled.shape == (1, 32)
+    torch.testing.assert_close(embeds, want)
+    torch.testing.assert_close(pooled, want_pooled)
+    # add_time_ids as diffusers' SDXL script: original (h, w), the centre crop's (top, left), (R, R)
+    resized = TF.resize(Image.new("RGB", (640, 480)), 512)
+    assert resized.size == (682, 512)
+    assert add_time_ids(640, 480, 512) == [480, 640, 0, 85, 512, 512]
+    assert add_time_ids(480, 640, 512) == [640, 480, 85, 0, 512, 512]
+    image = pipe(caption, num_inference_steps=2, height=64, width=64, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.shape == (64, 64, 3)

@@ -60,3 +60,81 @@ def bigg_position_mismatches(tokenizer, captions: list[str]) -> list[tuple[str, 
         if a[:end] != b[:end] or any(b[end:]):
             out.append((caption, next((i for i in range(77) if a[i] != b[i] and i < end), end)))
     return out
+
+
+def add_time_ids(width: int, height: int, resolution: int) -> list[int]:
+    """SDXL's ``add_time_ids`` of one training image, as diffusers' ``train_text_to_image_sdxl.py``
+    computes them: ``original_size (h, w) + crop_top_left (top, left) + target_size (R, R)``, where
+    the image's shorter side is resized to R (torchvision's rule: the longer side becomes
+    ``int(R * long / short)``) and the R x R crop is centred (``round((side - R) / 2)``)."""
+    if min(width, height) <= 0 or resolution <= 0:
+        raise ValueError(f"image {width} x {height} and resolution {resolution} must be positive")
+    short, long = min(width, height), max(width, height)
+    new_long = int(resolution * long / short)
+    new_w, new_h = (resolution, new_long) if width <= height else (new_long, resolution)
+    top, left = round((new_h - resolution) / 2.0), round((new_w - resolution) / 2.0)
+    return [height, width, top, left, resolution, resolution]
+
+
+def encode_sdxl_text(text_encoders, input_ids: list) -> tuple:
+    """SDXL's text conditioning as its pipeline's ``encode_prompt``: each encoder's penultimate hidden
+    states ``(B, 77, D_i)`` concatenated to ``(B, 77, D_1 + D_2)``, and the pooled, projected output
+    of the last encoder ``(B, P)``. ``input_ids``: one ``(B, 77)`` tensor per encoder (its own tokenizer's)."""
+    import torch
+
+    hidden, pooled = [], None
+    for encoder, ids in zip(text_encoders, input_ids):
+        out = encoder(ids.to(encoder.device), output_hidden_states=True)
+        pooled = out[0]
+        hidden.append(out.hidden_states[-2])
+    return torch.cat(hidden, dim=-1), pooled
+
+
+def build_tiny_sdxl(out_dir, seed: int, resolution: int = 64):
+    """A tiny random SDXL folder in the release's layout (``StableDiffusionXLPipeline.save_pretrained``)::
+
+        tokenizer/, tokenizer_2/     SD's CLIP tokenizer; the second pads with "!" (id 0) as OpenCLIP does
+        text_encoder/                CLIPTextModel, hidden 32
+        text_encoder_2/              CLIPTextModelWithProjection, hidden 32, projection 32 (the pooled embedding)
+        vae/, scheduler/             the tiny SD's VAE (downsampling 4); EulerDiscreteScheduler with SD's betas
+        unet/                        SDXL's block layout (Down, CrossAttnDown x2 / CrossAttnUp x2, Up), cross-attention
+                                     64 = 32 + 32, addition_embed_type text_time (6 time ids x 8 + 32 pooled)
+    """
+    from pathlib import Path
+
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    from pipeline.models.clip_tokenizer import build_clip_tokenizer
+    from pipeline.models.stable_diffusion import TinySDConfig, _text_encoder, _vae, sd_noise_scheduler
+
+    out = Path(out_dir)
+    cfg = TinySDConfig(resolution=resolution)
+    cfg.validate()
+    tok_dir = build_clip_tokenizer(out / ".tokenizer", save_fast=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = _text_encoder(cfg)
+        torch.manual_seed(seed + 1)
+        text_encoder_2 = CLIPTextModelWithProjection(text_encoder.config)
+        torch.manual_seed(seed + 2)
+        vae = _vae(cfg)
+        torch.manual_seed(seed + 3)
+        unet = UNet2DConditionModel(
+            sample_size=cfg.latent_size, in_channels=4, out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            block_out_channels=cfg.unet_block_out_channels, layers_per_block=1, norm_num_groups=8,
+            cross_attention_dim=2 * cfg.text_hidden_size, attention_head_dim=8, use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=cfg.text_hidden_size + 6 * 8)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+        tokenizer=CLIPTokenizer.from_pretrained(tok_dir), tokenizer_2=CLIPTokenizer.from_pretrained(tok_dir, pad_token="!"),
+        unet=unet, scheduler=EulerDiscreteScheduler.from_config(sd_noise_scheduler().config))
+    pipe.save_pretrained(out, safe_serialization=True)
+    import shutil
+
+    shutil.rmtree(tok_dir)
+    return out
