@@ -1,4 +1,12 @@
-"""Stable Diffusion XL's UNet as released (``stabilityai/stable-diffusion-xl-base-1.0``, ``unet/config.json``).
+"""Stable Diffusion XL: the released UNet's layout, its conditioning, a tiny random twin.
+
+What is here so far (the train and evaluate stages run SD1.x/2.x only, and refuse an SDXL
+folder by name): :data:`SDXL_BASE_UNET` and :func:`meta_unet` (the supervised groups below),
+:func:`add_time_ids` and :func:`encode_sdxl_text` (SDXL's added conditioning, as diffusers'
+``train_text_to_image_sdxl.py`` and the pipeline's ``encode_prompt``), :func:`bigg_position_mismatches`
+(token indices of the ViT-L tokenizer against OpenCLIP bigG's) and :func:`build_tiny_sdxl`.
+
+``SDXL_BASE_UNET``: ``stabilityai/stable-diffusion-xl-base-1.0``'s ``unet/config.json``.
 
 The numbers below are the release's UNet config; :func:`meta_unet` builds that UNet on the meta
 device (no weights, no download). The cross-attention layers TokenCompose would supervise, with
