@@ -73,3 +73,16 @@ def test_evaluate_fills_the_evaluation_section_of_a_copy_and_keeps_the_pictures(
     assert "| attention.share | 0.2 |" in filled and "pairs" not in filled
     assert "![heatmap](../../../train/unet/heatmap.png)" in filled
     assert filled.split("## Evaluation")[0] == card.split("## Evaluation")[0]
+
+
+def test_card_samples_zero_draws_nothing_and_bad_counts_are_config_errors(tmp_path: Path):
+    import pytest
+
+    from pipeline.core.config import ConfigError
+    from pipeline.train.model_card import draw_samples
+
+    cfg = TrainConfig(pretrained=str(tmp_path / "nowhere"), card_samples=0)
+    assert draw_samples(cfg, tmp_path, ["a cat"]) is None  # nothing loaded
+    for bad in ({"card_samples": -1}, {"card_sample_steps": 0}):
+        with pytest.raises(ConfigError, match="card_samples must be >= 0 and card_sample_steps >= 1"):
+            dataclasses.replace(TrainConfig(), **bad).validate()

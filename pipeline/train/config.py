@@ -53,6 +53,8 @@ class TrainConfig:
     max_mask_coverage: float = 0.9             # a mask covering more of an attention map is not supervised
     num_workers: int = 0                       # DataLoader worker processes decoding and resizing images
     checkpoint_optimizer: bool = True          # keep AdamW's state in checkpoints (SD1.4: 6.9 GB each)
+    card_samples: int = 4                      # captions drawn with the trained weights for the model card (0: none)
+    card_sample_steps: int = 25                # their sampling steps (guidance 7.5)
     cache_latents: bool = False                # encode each image once (the VAE posterior's mean and std)
     adapter: Literal["full", "lora"] = "full"  # full: the whole UNet trains (paper); lora: a peft LoRA on it
     lora_rank: int = 4                         # LoRA settings: used with adapter: lora (checked always)
@@ -71,6 +73,9 @@ class TrainConfig:
                      "checkpointing_steps", "checkpoints_total_limit", "heatmap_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.card_samples < 0 or self.card_sample_steps < 1:
+            raise ConfigError(f"train.card_samples must be >= 0 and card_sample_steps >= 1, got "
+                              f"{self.card_samples}, {self.card_sample_steps}")
         if self.global_batch_size % self.train_batch_size:
             raise ConfigError(f"train.global_batch_size={self.global_batch_size} is not a multiple of "
                               f"train.train_batch_size={self.train_batch_size}")
@@ -104,7 +109,8 @@ class TrainConfig:
 #: settings that do not change what is trained: they may differ between a run and its resume
 RESUMABLE = ("train_batch_size", "max_train_steps", "gradient_checkpointing", "checkpointing_steps",
              "checkpoints_total_limit", "resume", "heatmap_steps", "heatmap_captions", "num_workers",
-             "checkpoint_optimizer", "expect", "device", "out_dir", "cache_latents")
+             "checkpoint_optimizer", "expect", "device", "out_dir", "cache_latents",
+             "card_samples", "card_sample_steps")
 
 
 #: the settings of ``train.adapter: lora``; a full fine-tune leaves them (and ``adapter``) out of its run key

@@ -140,9 +140,7 @@ def read_metrics(path: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-SAMPLE_STEPS = 25          # a glance at the weights, not a benchmark (evaluate draws those)
-SAMPLE_GUIDANCE = 7.5
-SAMPLE_IMAGES = 4
+SAMPLE_GUIDANCE = 7.5      # samples: a glance at the weights, not a benchmark (evaluate draws those)
 
 
 def copy_heatmap(out_dir: str | Path, folder: str | Path) -> Path | None:
@@ -163,12 +161,12 @@ def draw_samples(cfg: TrainConfig, folder: str | Path, captions: list[str]) -> P
     from pipeline.core.devices import resolve_device
     from pipeline.models.stable_diffusion import load_sd_pipeline
 
-    if not captions:
+    if not captions or cfg.card_samples == 0:
         return None
     device = resolve_device(cfg.device)
     dtype = "fp32" if device == "cpu" else cfg.mixed_precision
     pipe = load_sd_pipeline(cfg.pretrained, str(folder), device, dtype)
-    images = [pipe(c, num_inference_steps=SAMPLE_STEPS, guidance_scale=SAMPLE_GUIDANCE, height=cfg.resolution,
+    images = [pipe(c, num_inference_steps=cfg.card_sample_steps, guidance_scale=SAMPLE_GUIDANCE, height=cfg.resolution,
                    width=cfg.resolution, generator=torch.Generator("cpu").manual_seed(cfg.seed + i)).images[0]
               for i, c in enumerate(captions)]
     path = Path(folder) / "samples.png"
@@ -197,7 +195,7 @@ def write_card_with_pictures(cfg: TrainConfig, summary: dict[str, Any], dataset:
     """Heatmap, samples (a failure is logged and the card goes without them) and the card in ``<out_dir>/unet``."""
     folder = Path(cfg.out_dir) / "unet"
     for what, make in (("heatmap", lambda: copy_heatmap(cfg.out_dir, folder)),
-                       ("samples", lambda: draw_samples(cfg, folder, captions[:SAMPLE_IMAGES]))):
+                       ("samples", lambda: draw_samples(cfg, folder, captions[:cfg.card_samples]))):
         try:
             make()
         except Exception:  # pictures must never cost the trained weights their card
