@@ -16,7 +16,9 @@ from pipeline.core.cli import parse, run_main
 from pipeline.core.code import code_digest
 from pipeline.core.config import load_section, read_params
 from pipeline.core.satisfiable import require_satisfiable
+from pipeline.core.tables import read_table
 from pipeline.train.loop import TrainConfig, run_train
+from pipeline.train.model_card import write_card_with_pictures
 from pipeline.train.runs import RunIdentity, list_runs, prune_other_runs
 from pipeline.train.setup import data_digest
 
@@ -50,6 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     summary = run_train(cfg, args.captions, args.nouns)
     if summary is not None:
         log.info("train: %s", json.dumps(summary))
+        captions = sorted(read_table(args.captions, columns=["caption_id", "caption"]).to_pylist(),
+                          key=lambda r: r["caption_id"])
+        write_card_with_pictures(cfg, summary, read_params(args.params).get("dataset"),
+                                 [r["caption"] for r in captions])
 
 
 if __name__ == "__main__":

@@ -114,7 +114,16 @@ def test_repro_then_up_to_date_then_threshold_experiment_then_plots(clone: Path)
         assert f"data/evaluate/{model}/metrics.json" in text
         assert {"MG2", "MG5_std"} <= set(m["multigen"]) and "fid" in m and "iou" in m["attention"]
 
-    # one more model to evaluate (a training checkpoint's UNet): only its own stage runs
+    # a LoRA instead of the full fine-tune: the same outs, so only train and the tuned model's evaluation rerun
+    lora = sh(["dvc", "exp", "run", "-S", "train.adapter=lora", "-S", "train.learning_rate=1e-2", "-n", "lora"], clone)
+    assert sorted(ran_stages(lora)) == ["evaluate@tokencompose", "train"]
+    assert {"pytorch_lora_weights.safetensors", "adapter.json", "README.md"} <= {
+        p.name for p in (clone / "data/train/unet").iterdir()}
+    assert "MG2" in json.loads((clone / "data/evaluate/tokencompose/metrics.json").read_text())["multigen"]
+    card = (clone / "data/evaluate/tokencompose/figures/model_card.md").read_text()  # the LoRA's card + metrics
+    assert "load_lora_weights" in card and "| multigen.MG2 |" in card
+
+    # one more model to evaluate (a training checkpoint's LoRA): only its own stage runs
     run = json.loads((clone / "data/train/summary.json").read_text())["run"]
     more = sh(["dvc", "exp", "run", "-S", f"+evaluate.models.step4=data/train/checkpoints/{run}/step-000004/unet",
                "-n", "step4"], clone)

@@ -119,7 +119,7 @@ REHEARSAL_MAY_DIFFER = (
     # counts
     "ground.shard_size", "segment.shard_size", "train.max_train_steps", "train.checkpointing_steps",
     "train.checkpoints_total_limit", "train.heatmap_steps", "train.heatmap_captions",
-    "train.holdout_images", "evaluate.grid_images", "evaluate.generation.steps",
+    "train.holdout_images", "train.card_samples", "train.card_sample_steps", "evaluate.grid_images", "evaluate.generation.steps",
     "evaluate.multigen.*.num_prompts", "evaluate.multigen.*.images_per_prompt",
     "evaluate.multigen.*.heatmap_prompts", "evaluate.object_accuracy.num_prompts",
     "evaluate.object_accuracy.images_per_prompt", "evaluate.fid.num_images", "evaluate.fid.captions_per_image",

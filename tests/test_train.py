@@ -293,7 +293,7 @@ def test_a_global_batch_the_processes_cannot_make_stops_before_any_work(train_ws
 @pytest.mark.slow
 def test_supervision_raises_attention_inside_masks_on_held_out_images(train_ws: Path, tmp_path: Path):
     """K steps with the demo's lambda, gamma and learning rate against the same K steps (same seed)
-    with lambda = gamma = 0.
+    with lambda = gamma = 0, and a LoRA with the demo's lambda and gamma.
 
     Exact demo instance masks; 3 of the 12 images held out. If the token indices or the losses
     were wrong, the supervised run would not move attention onto unseen images' objects.
@@ -301,13 +301,20 @@ def test_supervision_raises_attention_inside_masks_on_held_out_images(train_ws: 
     demo = yaml.safe_load((train_ws / "params.yaml").read_text())["train"]
     assert demo["lambda_token"] > 0 and demo["gamma_pixel"] > 0
     runs = {}
-    for name, (lam, gam) in {"on": (demo["lambda_token"], demo["gamma_pixel"]), "off": (0.0, 0.0)}.items():
-        ws = make_train_ws(train_ws, tmp_path / name, lambda_token=lam, gamma_pixel=gam, max_train_steps=30,
-                           learning_rate=demo["learning_rate"], global_batch_size=4, train_batch_size=4, holdout_images=3,
-                           checkpointing_steps=1000, heatmap_steps=1000, gradient_checkpointing=False)
+    on_settings = {"lambda_token": demo["lambda_token"], "gamma_pixel": demo["gamma_pixel"]}
+    for name, settings in {"on": on_settings, "off": {"lambda_token": 0.0, "gamma_pixel": 0.0},
+                           # a LoRA (rank 4) with the README's demo command: 10x the learning rate
+                           "lora": {**on_settings, "adapter": "lora", "learning_rate": 10 * demo["learning_rate"]}
+                           }.items():
+        ws = make_train_ws(train_ws, tmp_path / name, **{"max_train_steps": 30, "learning_rate": demo["learning_rate"],
+                           "global_batch_size": 4, "train_batch_size": 4, "holdout_images": 3,
+                           "checkpointing_steps": 1000, "heatmap_steps": 1000, "gradient_checkpointing": False,
+                           **settings})
         run_stage(ws, "stages.train")
         runs[name] = json.loads((ws / "data/train/summary.json").read_text())
-    on, off = runs["on"], runs["off"]
+    on, off, lora = runs["on"], runs["off"], runs["lora"]
+    assert lora["base_heldout_attention_share"] == on["base_heldout_attention_share"]  # a fresh LoRA is the base
+    assert lora["final_heldout_attention_share"] > 1.25 * lora["base_heldout_attention_share"], lora
     assert on["base_heldout_attention_share"] == off["base_heldout_attention_share"]  # same pretrained UNet
     assert on["final_heldout_attention_share"] > 1.25 * off["final_heldout_attention_share"], runs
     assert on["final_heldout_attention_share"] > 1.25 * on["base_heldout_attention_share"], on
@@ -359,3 +366,80 @@ def test_dataloader_workers_give_the_same_training_and_a_resume_without_optimize
     (runs[2] / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run_stage(runs[2], "stages.train", "--log-level", "INFO")
     assert "resuming from" in out.stderr and "AdamW's moments restart from zero at step 2" in out.stderr
+
+
+def test_lora_trains_checkpoints_its_adapter_resumes_and_loads_into_the_pipeline_and_evaluate(
+        train_ws: Path, tmp_path: Path):
+    """``train.adapter: lora``: the same stage, the same ``data/train/unet`` out holding the LoRA."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    from pipeline.evaluate.run import model_digest
+    from pipeline.models.stable_diffusion import SDExpectation, load_sd_pipeline
+
+    lora = dict(adapter="lora", lora_rank=4, lora_alpha=8.0, max_train_steps=4, checkpointing_steps=2, heatmap_steps=2)
+    ws = make_train_ws(train_ws, tmp_path / "ws", **lora)
+    run_stage(ws, "stages.train")
+    out = ws / "data/train"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["side_work_errors"] == [] and 0 < summary["final_heldout_attention_share"] < 1
+    assert sorted(p.name for p in (out / "unet").iterdir()) == [
+        "README.md", "adapter.json", "heatmap.png", "pytorch_lora_weights.safetensors", "samples.png"]
+    card = (out / "unet/README.md").read_text()
+    assert "library_name: diffusers" in card and "- lora" in card and "base_model: models/tiny/sd" in card
+    assert 'pipe.load_lora_weights("data/train/unet")' in card and "![samples](samples.png)" in card
+    assert "random_weights" in card and "lora_rank: 4" in card
+    weights = load_file(str(out / "unet/pytorch_lora_weights.safetensors"))
+    assert weights and all(k.startswith("unet.") and ".lora." in k for k in weights)
+    # checkpoints hold the adapter and AdamW's state of its parameters only
+    ckpt = run_dir(ws) / "step-000002"
+    assert sorted(p.name for p in (ckpt / "unet").iterdir()) == ["adapter.json", "pytorch_lora_weights.safetensors"]
+    moments = load_file(str(ckpt / "optimizer.safetensors"))
+    assert sum(v.numel() for k, v in moments.items() if k.endswith("exp_avg")) == sum(v.numel() for v in weights.values())
+    assert json.loads((ckpt / "state.json").read_text())["settings"]["adapter"] == "lora"
+    # resume from step 2 in another workspace: the same LoRA as the uninterrupted run
+    again = make_train_ws(train_ws, tmp_path / "again", **lora)
+    shutil.copytree(ckpt, again / "data/train/checkpoints" / run_dir(ws).name / ckpt.name)
+    log = run_stage(again, "stages.train", "--log-level", "INFO").stderr
+    assert "resuming from" in log
+    resumed = load_file(str(again / "data/train/unet/pytorch_lora_weights.safetensors"))
+    assert max(float((resumed[k] - weights[k]).abs().max()) for k in weights) <= 1e-6
+    # the user's way: the base pipeline + load_lora_weights; and evaluate's loader with the profile's check
+    base = train_ws / "models/tiny/sd"
+    pipe = StableDiffusionPipeline.from_pretrained(base, safety_checker=None)
+    pipe.load_lora_weights(out / "unet")
+    image = pipe("a teddy bear next to an apple", num_inference_steps=2, height=64, width=64,
+                 generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    assert image.shape == (64, 64, 3)
+    evaluated = load_sd_pipeline(str(base), str(out / "unet"), "cpu",
+                                 expect=SDExpectation(cross_attention_dim=32, prediction_type="epsilon"))
+    x = (torch.randn(1, 4, 16, 16), torch.tensor([500]), torch.randn(1, 77, 32))
+    with torch.no_grad():
+        assert torch.allclose(evaluated.unet(*x).sample, pipe.unet(*x).sample, atol=1e-6)
+    assert model_digest(str(base), str(out / "unet")) != model_digest(str(base), str(base / "unet"))
+
+
+def test_cached_latents_give_the_same_losses_and_weights(train_ws: Path, tmp_path: Path):
+    """``train.cache_latents``: the posterior's mean and std of each image, encoded once; the draws per
+    (seed, step, position) unchanged. Micro-batches of 1: bit for bit the same training."""
+    from safetensors import safe_open
+
+    runs = {}
+    for cache in (False, True):
+        ws = make_train_ws(train_ws, tmp_path / f"cache{int(cache)}", max_train_steps=2, train_batch_size=1,
+                           checkpointing_steps=2, heatmap_steps=2, cache_latents=cache)
+        run_stage(ws, "stages.train")
+        runs[cache] = ws
+    curves = [(ws / "data/train/dvclive/plots/metrics/loss/total.tsv").read_text() for ws in runs.values()]
+    assert curves[0] == curves[1] and len(curves[0].splitlines()) == 3
+    assert_same_weights(runs[False] / "data/train/unet", runs[True] / "data/train/unet", atol=0.0)
+    assert not (runs[False] / "data/train/latents").exists()
+    shards = sorted((runs[True] / "data/train/latents").glob("*/part-*.safetensors"))
+    summary = json.loads((runs[True] / "data/train/summary.json").read_text())
+    with safe_open(str(shards[0]), "pt") as f:
+        images = json.loads(f.metadata()["images"])
+        mean, std = f.get_tensor("mean"), f.get_tensor("std")
+    assert len(shards) == 1 and len(images) == summary["train_examples"] // 2  # the demo: 2 captions per image
+    assert mean.shape == std.shape == (len(images), 4, 16, 16) and mean.dtype == torch.float32 and (std > 0).all()
+    # the settings are the same run: a cached rerun resumes the uncached run's checkpoint
+    assert summary["run"] == json.loads((runs[False] / "data/train/summary.json").read_text())["run"]

@@ -128,7 +128,8 @@ class PromptSet:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """``models``: name -> UNet folder; every model shares ``pretrained``'s VAE, text encoder and scheduler.
+    """``models``: name -> UNet folder or LoRA (``pytorch_lora_weights.safetensors`` or its folder, loaded onto
+    ``pretrained``'s UNet); every model shares ``pretrained``'s VAE, text encoder and scheduler.
 
     ``multigen``: one prompt set (metrics key ``multigen``), or a mapping name -> set (the paper
     profiles: ``coco`` and ``ade20k``; metrics keys ``multigen_coco``, ``multigen_ade20k``,

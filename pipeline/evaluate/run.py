@@ -11,6 +11,7 @@
     fid/manifest.parquet, fid/images/ images drawn from COCO captions
     figures/samples.png               a grid of MultiGen samples with their prompts
     figures/heatmaps.png              per-token cross-attention of a few MultiGen prompts
+    figures/model_card.md             the trained weights' model card with these metrics (when it has one)
     category_recall.csv               per category: percent of its prompts' images where it is found
 
 Every image's seed is ``multigen.image_seed(evaluate.seed, prompt id, image index[, benchmark])``,
@@ -53,15 +54,18 @@ from pipeline.evaluate.prompt_benchmarks import (
     publish_images,
     run_prompt_benchmark,
 )
+from pipeline.models.lora import entry_kind
 from pipeline.models.stable_diffusion import check_sd_architecture, load_sd_pipeline
 
 log = logging.getLogger(__name__)
 
 
 def model_digest(pretrained: str, unet: str) -> str:
-    """Hash of the weights a model generates with: the pretrained folder (or hub id) but its UNet, and ``unet``."""
+    """Hash of the weights a model generates with: the pretrained folder (or hub id) but its UNet, and ``unet``
+    (a LoRA: the pretrained UNet too, which it adapts)."""
     folder = Path(pretrained)
-    parts = sorted(p for p in folder.iterdir() if p.name != "unet") if folder.is_dir() else []
+    lora = entry_kind(unet) == "lora"
+    parts = sorted(p for p in folder.iterdir() if lora or p.name != "unet") if folder.is_dir() else []
     base = fingerprint([p.name for p in parts], file_digest(*parts)) if parts else pretrained
     return fingerprint(base, file_digest(unet))
 
@@ -229,6 +233,20 @@ def regenerate(cfg: EvaluateConfig, model: str, key: str, path: str | Path) -> P
     return path
 
 
+def write_evaluated_card(entry: str, metrics: dict, figures: Path) -> Path | None:
+    """``figures/model_card.md``: the trained weights' model card (``<entry>/README.md``, written by the
+    train stage) with this evaluation's metrics; None when the entry has no such card."""
+    from pipeline.train.model_card import card_with_metrics
+
+    folder = Path(entry) if Path(entry).is_dir() else Path(entry).parent
+    card = folder / "README.md"
+    if not card.is_file() or "## Evaluation" not in card.read_text():
+        return None
+    path = figures / "model_card.md"
+    path.write_text(card_with_metrics(card.read_text(), metrics, folder, figures))
+    return path
+
+
 def run_evaluate(cfg: EvaluateConfig, model: str) -> dict | None:
     """Evaluate ``model`` (a key of ``cfg.models``); returns the metrics on the main process."""
     unet = cfg.model_unet(model)
@@ -310,6 +328,7 @@ def run_evaluate(cfg: EvaluateConfig, model: str) -> dict | None:
         ps = sets[mg[0].name]
         write_figures(cfg, pipe, mg[0], out / ps.out / "images", out / "figures", ps.cfg.heatmap_prompts)
     write_table(pa.concat_tables(reject_tables).cast(REJECTS_SCHEMA), out / "rejects.parquet")
+    write_evaluated_card(unet, metrics, out / "figures")
     metrics["counts"] = counts
     metrics["flags"] = flags
     metrics["flagged"] = len(flags)  # a number, so `dvc metrics show` / `dvc exp show` list it

@@ -1,7 +1,7 @@
 """Stable Diffusion: loading the real weights (hub id or folder) and the tiny random twin.
 
 ``load_sd_components`` (training: UNet, VAE, text encoder, tokenizer, noise scheduler) and
-``load_sd_pipeline`` (generation: a ``StableDiffusionPipeline`` with a UNet swapped in) take
+``load_sd_pipeline`` (generation: a ``StableDiffusionPipeline`` with a UNet swapped in or a LoRA loaded) take
 ``CompVis/stable-diffusion-v1-4``, ``stabilityai/stable-diffusion-2-1`` or a local folder.
 
 The tiny twin: ``build_tiny_sd(out_dir, seed)`` writes what ``CompVis/stable-diffusion-v1-4`` holds on the hub::
@@ -43,6 +43,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from pipeline.core.tables import write_json
+from pipeline.models.lora import LORA_WEIGHTS, check_lora_base, entry_kind, lora_file
 from pipeline.models.clip_tokenizer import (
     BOS_ID,
     EOS_ID,
@@ -255,6 +256,7 @@ KNOWN_SD = {
     (768, "epsilon"): "Stable Diffusion 1.x (CLIP ViT-L/14 text encoder, epsilon)",
     (1024, "v_prediction"): "Stable Diffusion 2.x 768-v (OpenCLIP ViT-H/14 text encoder, v-prediction)",
     (1024, "epsilon"): "Stable Diffusion 2.x base (OpenCLIP ViT-H/14 text encoder, epsilon)",
+    (2048, "epsilon"): "Stable Diffusion XL (CLIP ViT-L/14 + OpenCLIP ViT-bigG/14 text encoders, epsilon)",
 }
 
 
@@ -284,17 +286,28 @@ def _read_json(path: Path) -> dict:
 
 
 def check_sd_architecture(pretrained: str | Path, expect: SDExpectation | None, unets: tuple = ()) -> None:
-    """Compare a local SD folder (and UNet folders swapped into it) with ``expect``, reading only configs.
+    """Compare a local SD folder (and the UNet folders or LoRAs used with it) with ``expect``, reading only
+    configs and safetensors headers.
 
-    Raises ValueError naming the file, what the profile expects and what it holds. Hub ids are
-    checked by ``load_sd_components`` once their configs are downloaded.
+    Raises ValueError naming the file, what the profile expects and what it holds; a LoRA must
+    also fit ``pretrained``'s UNet (``lora.check_lora_base``). Hub ids are checked by
+    ``load_sd_components`` once their configs are downloaded.
     """
-    if expect is None or not Path(pretrained).is_dir():
+    if not Path(pretrained).is_dir():
         return
     folder = Path(pretrained)
+    swapped = [Path(u) for u in unets if entry_kind(u) == "unet"]
+    for unet in swapped:
+        if _read_json(unet / "config.json").get("addition_embed_type") == "text_time":
+            raise ValueError(f"{unet / 'config.json'}: an SDXL UNet (addition_embed_type text_time); the base "
+                             f"{folder} is a Stable Diffusion 1.x/2.x pipeline")
+    for lora in (Path(u) for u in unets if entry_kind(u) == "lora"):
+        check_lora_base(lora, _read_json(folder / "unet" / "config.json"), str(folder))
+    if expect is None:
+        return
     pred_file = folder / "scheduler" / "scheduler_config.json"
     pred = _read_json(pred_file).get("prediction_type", "epsilon")
-    for unet in (folder / "unet", *map(Path, unets)):
+    for unet in (folder / "unet", *swapped):
         unet_file = unet / "config.json"
         if not unet_file.is_file():
             raise FileNotFoundError(f"UNet folder {unet} not found (expected {unet_file} and weights)")
@@ -312,6 +325,22 @@ def _check_loaded(pretrained: str, expect: SDExpectation | None, unet, scheduler
         raise ValueError(f"{pretrained}: the profile expects {expect.describe()}; found {expect.describe(pair)}")
 
 
+def sdxl_marks(folder: str | Path) -> list[str]:
+    """What makes a local pipeline folder SDXL, read from its configs ([] for SD1.x/2.x)."""
+    import json
+
+    folder = Path(folder)
+    marks = []
+    index = folder / "model_index.json"
+    if index.is_file() and json.loads(index.read_text()).get("_class_name", "").startswith("StableDiffusionXL"):
+        marks.append(f"{index} names {json.loads(index.read_text())['_class_name']}")
+    marks += [f"{folder / s}/ (a second text encoder)" for s in ("text_encoder_2", "tokenizer_2") if (folder / s).is_dir()]
+    unet = folder / "unet" / "config.json"
+    if unet.is_file() and json.loads(unet.read_text()).get("addition_embed_type") == "text_time":
+        marks.append(f"{unet} has addition_embed_type text_time (SDXL's add_time_ids)")
+    return marks
+
+
 def _check_local(pretrained: str) -> None:
     """A local folder must be a complete pipeline; a missing path under an existing folder is an error.
 
@@ -325,7 +354,16 @@ def _check_local(pretrained: str) -> None:
         return
     missing = [s for s in ("tokenizer", "text_encoder", "vae", "unet", "scheduler") if not (path / s).is_dir()]
     if missing:
-        raise FileNotFoundError(f"{path} is not a Stable Diffusion pipeline folder: no {missing}")
+        held = ""
+        if path.is_file() or (path / LORA_WEIGHTS).is_file() or (path / "config.json").is_file():
+            held = (f"; it is a LoRA or a UNet, not a base model: name the base pipeline folder here and "
+                    f"{path} as an evaluate.models entry")
+        raise FileNotFoundError(f"{path} is not a Stable Diffusion pipeline folder: no {missing}{held}")
+    sdxl = sdxl_marks(path)
+    if sdxl:
+        raise ValueError(f"{path}: a Stable Diffusion XL folder ({'; '.join(sdxl)}); the SD1.x/2.x loaders of this "
+                         f"profile expect one text encoder and a UNet without added time embeddings "
+                         f"(train.expect / evaluate.expect: {', '.join(v for v in KNOWN_SD.values() if 'XL' not in v)})")
 
 
 def load_sd_components(pretrained: str | Path, revision: str | None = None, variant: str | None = None,
@@ -367,27 +405,30 @@ def load_sd_components(pretrained: str | Path, revision: str | None = None, vari
 
 def load_sd_pipeline(pretrained: str, unet: str | None, device: str, dtype: str = "fp32", scheduler: str = "default",
                      expect: SDExpectation | None = None):
-    """A ``StableDiffusionPipeline`` from ``pretrained`` (hub id or folder) with ``unet`` swapped in.
+    """A ``StableDiffusionPipeline`` from ``pretrained`` (hub id or folder) with a fine-tuned UNet or a LoRA.
 
-    ``unet``: a diffusers UNet folder (``config.json`` + weights), e.g. the ``train`` stage's
-    ``data/train/unet``; ``None`` keeps the pretrained UNet. The pipeline keeps the folder's
-    safety checker if it has one, as the official evaluation did. ``dtype``: a ``DTYPES`` key;
-    ``scheduler``: ``default`` (the folder's) or a ``SCHEDULERS`` key.
+    ``unet``: a diffusers UNet folder (``config.json`` + weights), swapped in, or a LoRA
+    (``pytorch_lora_weights.safetensors`` or its folder) loaded with ``pipe.load_lora_weights``:
+    either can be the ``train`` stage's ``data/train/unet``; ``None`` keeps the pretrained UNet.
+    Which one is told from the files (``lora.entry_kind``) and checked against ``pretrained`` before
+    any weight loads. The pipeline keeps the folder's safety checker if it has one, as the official
+    evaluation did. ``dtype``: a ``DTYPES`` key; ``scheduler``: ``default`` (the folder's) or a
+    ``SCHEDULERS`` key.
     """
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     torch_dtype = DTYPES[dtype]
     kwargs = {}
     _check_local(str(pretrained))
-    if unet is not None:
-        folder = Path(unet)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"UNet folder {folder} not found (expected {folder}/config.json and weights)")
+    kind = None if unet is None else entry_kind(unet, "UNet or LoRA")
     check_sd_architecture(pretrained, expect, () if unet is None else (unet,))
-    if unet is not None:
-        kwargs["unet"] = UNet2DConditionModel.from_pretrained(folder, torch_dtype=torch_dtype)
+    if kind == "unet":
+        kwargs["unet"] = UNet2DConditionModel.from_pretrained(unet, torch_dtype=torch_dtype)
     pipe = StableDiffusionPipeline.from_pretrained(pretrained, torch_dtype=torch_dtype, **kwargs)
     _check_loaded(pretrained, expect, pipe.unet, pipe.scheduler)
+    if kind == "lora":
+        check_lora_base(unet, dict(pipe.unet.config), str(pretrained))
+        pipe.load_lora_weights(str(lora_file(unet).parent), weight_name=lora_file(unet).name)
     if scheduler != "default":
         import diffusers
 

@@ -53,6 +53,14 @@ class TrainConfig:
     max_mask_coverage: float = 0.9             # a mask covering more of an attention map is not supervised
     num_workers: int = 0                       # DataLoader worker processes decoding and resizing images
     checkpoint_optimizer: bool = True          # keep AdamW's state in checkpoints (SD1.4: 6.9 GB each)
+    card_samples: int = 4                      # captions drawn with the trained weights for the model card (0: none)
+    card_sample_steps: int = 25                # their sampling steps (guidance 7.5)
+    cache_latents: bool = False                # encode each image once (the VAE posterior's mean and std)
+    adapter: Literal["full", "lora"] = "full"  # full: the whole UNet trains (paper); lora: a peft LoRA on it
+    lora_rank: int = 4                         # LoRA settings: used with adapter: lora (checked always)
+    lora_alpha: float = 4.0                    # scale alpha / rank (diffusers' script: alpha = rank)
+    lora_target_modules: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
+    lora_dropout: float = 0.0
     seed: int = 0
     device: str = "auto"
     out_dir: str = "data/train"
@@ -65,6 +73,9 @@ class TrainConfig:
                      "checkpointing_steps", "checkpoints_total_limit", "heatmap_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.card_samples < 0 or self.card_sample_steps < 1:
+            raise ConfigError(f"train.card_samples must be >= 0 and card_sample_steps >= 1, got "
+                              f"{self.card_samples}, {self.card_sample_steps}")
         if self.global_batch_size % self.train_batch_size:
             raise ConfigError(f"train.global_batch_size={self.global_batch_size} is not a multiple of "
                               f"train.train_batch_size={self.train_batch_size}")
@@ -73,9 +84,21 @@ class TrainConfig:
                               f"got {self.heatmap_captions}")
         if self.lambda_token < 0 or self.gamma_pixel < 0 or self.learning_rate <= 0:
             raise ConfigError("train.lambda_token and gamma_pixel must be >= 0, learning_rate > 0")
+        self._validate_lora()
         if not 0.0 < self.max_mask_coverage <= 1.0:
             raise ConfigError(f"train.max_mask_coverage must lie in (0, 1] (1 keeps every mask), "
                               f"got {self.max_mask_coverage}")
+
+    def _validate_lora(self) -> None:
+        if self.lora_rank < 1:
+            raise ConfigError(f"train.lora_rank must be >= 1, got {self.lora_rank}")
+        if self.lora_alpha <= 0:
+            raise ConfigError(f"train.lora_alpha must be > 0, got {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"train.lora_dropout must lie in [0, 1), got {self.lora_dropout}")
+        if not self.lora_target_modules or any(not t for t in self.lora_target_modules):
+            raise ConfigError(f"train.lora_target_modules must name UNet layers (to_q, ...), "
+                              f"got {list(self.lora_target_modules)}")
 
     @property
     def supervise(self) -> bool:
@@ -86,12 +109,22 @@ class TrainConfig:
 #: settings that do not change what is trained: they may differ between a run and its resume
 RESUMABLE = ("train_batch_size", "max_train_steps", "gradient_checkpointing", "checkpointing_steps",
              "checkpoints_total_limit", "resume", "heatmap_steps", "heatmap_captions", "num_workers",
-             "checkpoint_optimizer", "expect", "device", "out_dir")
+             "checkpoint_optimizer", "expect", "device", "out_dir", "cache_latents",
+             "card_samples", "card_sample_steps")
+
+
+#: the settings of ``train.adapter: lora``; a full fine-tune leaves them (and ``adapter``) out of its run key
+LORA_SETTINGS = ("adapter", "lora_rank", "lora_alpha", "lora_target_modules", "lora_dropout")
 
 
 def trained_settings(cfg: TrainConfig) -> dict[str, Any]:
-    """The settings that define the trained weights (everything but :data:`RESUMABLE`), as JSON reads them back."""
-    return json.loads(json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE}))
+    """The settings that define the trained weights (everything but :data:`RESUMABLE`), as JSON reads them back.
+
+    With ``adapter: full`` the LoRA settings are left out, so a full fine-tune keeps the run key
+    (and resumes the checkpoints) it had before they existed.
+    """
+    skip = set(RESUMABLE) | (set(LORA_SETTINGS) if cfg.adapter == "full" else set())
+    return json.loads(json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}))
 
 
 @dataclass(frozen=True)

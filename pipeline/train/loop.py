@@ -12,7 +12,9 @@ processes, after the checkpoint, never ending the run). Checkpoints live in a fo
 run (``runs``): other settings train beside them, and nothing is deleted by a mismatch.
 
 Only the UNet trains (VAE and text encoder frozen, in the mixed-precision dtype), AdamW with a
-constant learning rate and gradient clipping, as in the official code. Cross-attention maps
+constant learning rate and gradient clipping, as in the official code; with ``train.adapter:
+lora`` a peft LoRA on the frozen UNet trains instead (``adapter``), and checkpoints and the
+final ``<out_dir>/unet`` hold the LoRA. Cross-attention maps
 are captured only on the supervised layers (``attn_blocks``).
 """
 
@@ -28,6 +30,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.train.adapter import load_trained, save_trained
 from pipeline.train.attention import AttentionCapture
 from pipeline.train.checkpoints import (
     checkpoint_last_values,
@@ -43,7 +46,15 @@ from pipeline.train.config import BatchLayout, TrainConfig
 from pipeline.train.order import ExampleOrder
 from pipeline.train.runs import RunIdentity, ResumePlan, describe_other_runs
 from pipeline.train.sampler import MicroBatchSampler, micro_batch_loader
-from pipeline.train.setup import Models, TrainData, identify_run, load_data, load_models, make_accelerator
+from pipeline.train.setup import (
+    Models,
+    TrainData,
+    attach_latent_cache,
+    identify_run,
+    load_data,
+    load_models,
+    make_accelerator,
+)
 from pipeline.train.side_work import SideWork
 from pipeline.train.step import TrainingDiverged, check_finite, micro_step
 
@@ -87,7 +98,7 @@ def run_train(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Pat
     run.accelerator.wait_for_everyone()
     if not run.is_main:
         return None
-    run.accelerator.unwrap_model(run.models.unet).save_pretrained(Path(cfg.out_dir) / "unet", safe_serialization=True)
+    save_trained(run.accelerator.unwrap_model(run.models.unet), Path(cfg.out_dir) / "unet", cfg)
     summary = build_summary(cfg, run.layout, _run_record(run), run.data, run.base, run.last, run.side.errors,
                             official_ratios(captions_path, run.data.summary))
     run.logger.finish(summary, run.data.rejects)
@@ -104,21 +115,23 @@ def start_run(cfg: TrainConfig, captions_path, nouns_path) -> Run:
     ident, plan = identify_run(cfg, accelerator, captions_path, nouns_path)
     models, weight_dtype = load_models(cfg, accelerator)
     data = load_data(cfg, models, captions_path, nouns_path)
+    if cfg.cache_latents:
+        attach_latent_cache(cfg, data, models, accelerator, weight_dtype)
     capture = AttentionCapture(models.unet, blocks=cfg.attn_blocks)
     heldout_set = data.heldout_set if data.heldout_nouns else None
     side = SideWork(cfg, accelerator, models, capture, data.dataset, heldout_set, data.resolutions, weight_dtype,
                     heat_indices=[i for i, e in enumerate(data.examples) if e.nouns][: cfg.heatmap_captions])
     base = side.heldout(0) or {}  # the pretrained UNet on the held-out images: what training should improve on
-    start_step, last = _load_checkpoint_weights(plan, models)
+    start_step, last = _load_checkpoint_weights(plan, models, cfg)
     if cfg.gradient_checkpointing:
         models.unet.enable_gradient_checkpointing()
     models.unet.train()
-    optimizer = torch.optim.AdamW(models.unet.parameters(), lr=cfg.learning_rate,
+    optimizer = torch.optim.AdamW(models.trainable, lr=cfg.learning_rate,
                                   betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
                                   eps=cfg.adam_epsilon)
     models.unet, optimizer = accelerator.prepare(models.unet, optimizer)
     side.models = Models(accelerator.unwrap_model(models.unet), models.vae, models.text_encoder, models.scheduler,
-                         models.tokenizer)
+                         models.tokenizer, models.trainable)
     if plan.checkpoint is not None:
         _load_checkpoint_state(plan.checkpoint, optimizer, accelerator, start_step)
     logger = TrainLogger(Path(cfg.out_dir), enabled=accelerator.is_main_process, resume_step=start_step)
@@ -129,12 +142,10 @@ def start_run(cfg: TrainConfig, captions_path, nouns_path) -> Run:
                start_step, last, base, others)
 
 
-def _load_checkpoint_weights(plan: ResumePlan, models: Models) -> tuple[int, dict[str, float]]:
+def _load_checkpoint_weights(plan: ResumePlan, models: Models, cfg: TrainConfig) -> tuple[int, dict[str, float]]:
     if plan.checkpoint is None:
         return 0, {}
-    from diffusers import UNet2DConditionModel
-
-    models.unet.load_state_dict(UNet2DConditionModel.from_pretrained(plan.checkpoint / "unet").state_dict())
+    load_trained(models.unet, plan.checkpoint / "unet", cfg)
     log.info("resuming from %s (step %d)", plan.checkpoint, checkpoint_step(plan.checkpoint))
     return checkpoint_step(plan.checkpoint), checkpoint_last_values(plan.checkpoint)
 
@@ -154,7 +165,9 @@ def train_steps(run: Run) -> None:
     cfg, acc = run.cfg, run.accelerator
     sampler = MicroBatchSampler(ExampleOrder(len(run.data.dataset), cfg.seed), run.layout, run.start_step,
                                 cfg.max_train_steps, acc.process_index)
-    batches = iter(micro_batch_loader(run.data.dataset, sampler, cfg.num_workers))
+    loader = (micro_batch_loader(run.data.dataset, sampler, cfg.num_workers) if run.data.loader_set is None else
+              micro_batch_loader(run.data.loader_set, sampler, cfg.num_workers, run.data.collate_fn))
+    batches = iter(loader)
     bar = tqdm(total=cfg.max_train_steps, initial=run.start_step, desc="train", unit="step",
                disable=None if run.is_main else True)
     # the capture is held across steps: swapping processors every micro-step costs time
@@ -189,7 +202,7 @@ def optimizer_step(run: Run, step: int, batches) -> dict[str, float]:
         run.capture.clear()
         for k, v in logged.items():
             parts_sum[k] = parts_sum.get(k, 0.0) + v / accumulation
-    grad_norm = acc.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
+    grad_norm = acc.clip_grad_norm_(run.models.trainable, cfg.max_grad_norm)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     values = _mean_over_processes(acc, parts_sum)
@@ -209,7 +222,8 @@ def _checkpoint(run: Run, done: int) -> Path | None:
         state = {**run.ident.state(), "last": run.last, "scaler": scaler_state(getattr(run.accelerator, "scaler", None))}
         path = save_checkpoint(run.plan.folder, done, run.accelerator.unwrap_model(run.models.unet),
                                run.optimizer if run.cfg.checkpoint_optimizer else None, state,
-                               run.cfg.checkpoints_total_limit)
+                               run.cfg.checkpoints_total_limit,
+                               save_weights=lambda unet, folder: save_trained(unet, folder, run.cfg))
     run.accelerator.wait_for_everyone()
     return path
 

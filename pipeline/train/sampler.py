@@ -29,12 +29,12 @@ class MicroBatchSampler(torch.utils.data.Sampler):
         return max(0, self.end - self.start) * self.layout.accumulation
 
 
-def micro_batch_loader(dataset, sampler: MicroBatchSampler, num_workers: int):
+def micro_batch_loader(dataset, sampler: MicroBatchSampler, num_workers: int, collate_fn=collate):
     """A DataLoader of collated micro-batches; ``num_workers`` processes decode and resize images.
 
     The dataset is deterministic (centre crop), so any number of workers gives the same batches.
     """
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers, persistent_workers=False,
+        dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=num_workers, persistent_workers=False,
         prefetch_factor=2 if num_workers > 0 else None,
     )

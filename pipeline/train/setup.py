@@ -8,7 +8,7 @@ and shared with the others.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from pipeline.core.code import code_digest
 from pipeline.core.devices import resolve_device
 from pipeline.core.digests import on_main_process
 from pipeline.models.stable_diffusion import load_sd_components, vae_scale_factor
+from pipeline.train.adapter import check_lora_targets, prepare_trainable
 from pipeline.train.attention import layer_resolutions
 from pipeline.train.config import TrainConfig
 from pipeline.train.dataset import MaskCoverage, TokenComposeDataset, build_examples, training_inputs_digest
@@ -31,13 +32,17 @@ WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfl
 
 @dataclass
 class Models:
-    """The pipeline parts training uses; VAE and text encoder frozen on the device."""
+    """The pipeline parts training uses; VAE and text encoder frozen on the device.
+
+    ``trainable``: the parameters the optimizer updates (the UNet's, or its LoRA's).
+    """
 
     unet: Any
     vae: Any
     text_encoder: Any
     scheduler: Any
     tokenizer: Any
+    trainable: list = field(default_factory=list)
 
 
 @dataclass
@@ -51,6 +56,8 @@ class TrainData:
     dataset: TokenComposeDataset
     heldout_set: TokenComposeDataset | None
     resolutions: list[int]
+    loader_set: Any = None           # what the training loader reads: ``dataset``, or its cached latents
+    collate_fn: Any = None
 
     @property
     def heldout_nouns(self) -> int:
@@ -82,14 +89,16 @@ def identify_run(cfg: TrainConfig, accelerator, captions_path, nouns_path) -> tu
 
 
 def load_models(cfg: TrainConfig, accelerator) -> tuple[Models, torch.dtype]:
-    """The pretrained parts; VAE and text encoder frozen, in the mixed-precision dtype, on the device."""
+    """The pretrained parts; VAE and text encoder frozen, in the mixed-precision dtype, on the device;
+    the UNet ready to train (``adapter.prepare_trainable``: whole, or frozen with a LoRA)."""
+    check_lora_targets(cfg)  # a target the UNet lacks stops the run before any weight loads
     parts = load_sd_components(cfg.pretrained, revision=cfg.revision, expect=cfg.expect)
     dtype = WEIGHT_DTYPES[cfg.mixed_precision]
     for frozen in (parts.vae, parts.text_encoder):
         frozen.requires_grad_(False).eval()
         frozen.to(accelerator.device) if dtype == torch.float32 else frozen.to(accelerator.device, dtype)
-    models = Models(parts.unet.to(accelerator.device), parts.vae, parts.text_encoder, parts.noise_scheduler,
-                    parts.tokenizer)
+    trainable = prepare_trainable(parts.unet, cfg, accelerator.device, dtype)
+    models = Models(parts.unet, parts.vae, parts.text_encoder, parts.noise_scheduler, parts.tokenizer, trainable)
     return models, dtype
 
 
@@ -107,3 +116,16 @@ def load_data(cfg: TrainConfig, models: Models, captions_path, nouns_path) -> Tr
     if heldout and not data.heldout_nouns:
         log.warning("no held-out caption has a supervised noun: the held-out attention share is not measured")
     return data
+
+
+def attach_latent_cache(cfg: TrainConfig, data: TrainData, models: Models, accelerator, dtype: torch.dtype) -> None:
+    """``train.cache_latents``: the main process encodes the images not cached yet; every process then
+    trains from the cache (``latent_cache``). Held-out grounding and heatmaps keep the images."""
+    from pipeline.train.latent_cache import CachedLatentsDataset, LatentCache, cache_folder, collate_cached, fill_cache
+
+    folder = cache_folder(cfg.out_dir, cfg.pretrained, cfg.resolution, dtype)
+    if accelerator.is_main_process:
+        fill_cache(folder, data.dataset, models.vae, accelerator.device, dtype)
+    accelerator.wait_for_everyone()
+    data.loader_set = CachedLatentsDataset(data.dataset, LatentCache.read(folder))
+    data.collate_fn = collate_cached

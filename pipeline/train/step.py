@@ -9,6 +9,7 @@ device count and after a resume.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +44,10 @@ def _draws(dist, positions: list[int], seed: int, num_timesteps: int, device):
 def encode_batch(batch: dict, positions: list[int], seed: int, vae, text_encoder, scheduler, device,
                  weight_dtype: torch.dtype):
     """``(noisy, target, t, text)`` of a micro-batch: (B, C, h, w), (B, C, h, w), [B], (B, 77, D)."""
-    pixels = batch["pixel_values"].to(device, dtype=weight_dtype)
-    dist = vae.encode(pixels).latent_dist
+    if "latent_mean" in batch:  # train.cache_latents: the posterior of each image, encoded once
+        dist = SimpleNamespace(mean=batch["latent_mean"].to(device), std=batch["latent_std"].to(device))
+    else:
+        dist = vae.encode(batch["pixel_values"].to(device, dtype=weight_dtype)).latent_dist
     latents, noise, timesteps = _draws(dist, positions, seed, scheduler.config.num_train_timesteps, device)
     latents = latents * vae.config.scaling_factor
     t = torch.tensor(timesteps, device=device, dtype=torch.long)
