@@ -88,6 +88,7 @@ def make_tables(root: Path, paths: list[str], n_captions: int, seed: int = 0) ->
         "file": [files[i] for i in image_of], "path": [paths[i] for i in image_of],
         "width": np.full(n_captions, SIDE, np.int32), "height": np.full(n_captions, SIDE, np.int32),
         "mode": ["RGB"] * n_captions, "caption": texts, "official_nouns": [None] * n_captions,
+        "clip_score": [None] * n_captions,
     }, schema=CAPTIONS_SCHEMA)
     per = np.where(np.arange(n_captions) % 3 == 0, 4, 3)  # 3.33 nouns per caption
     cap = np.repeat(np.arange(n_captions), per)
@@ -108,7 +109,7 @@ def make_tables(root: Path, paths: list[str], n_captions: int, seed: int = 0) ->
         "text": noun_text, "box_index": np.where(found, 0, -1).astype(np.int32), "found": found,
         "x0": pa.array(x0, mask=~found), "y0": pa.array(x0, mask=~found), "x1": pa.array(x1, mask=~found),
         "y1": pa.array(x1, mask=~found), "score": pa.array(np.full(n, 0.5, np.float32), mask=~found),
-        "phrase": noun_text,
+        "phrase": noun_text, "match": [None] * n,
     }, schema=BOXES_SCHEMA)
     masks = _masks_table(nouns.filter(pa.array(found)), x0[found].astype(int), x1[found].astype(int))
     out = {"captions": root / "captions.parquet", "nouns": root / "nouns.parquet", "boxes": root / "boxes.parquet",

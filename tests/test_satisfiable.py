@@ -112,3 +112,16 @@ def test_evaluation_may_hold_out_every_image_and_picks_what_train_holds_out():
     assert kept == [] and len(held) == 6
     with pytest.raises(ConfigError, match=r"evaluate.attention.holdout_images=4 asks for more"):
         split_holdout(examples, 4, seed=7, name="evaluate.attention.holdout_images", keep_training=False)
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_a_captions_table_another_profile_left_on_disk_does_not_judge_a_paper_profile(name, no_data):
+    """After `make repro` (the demo: 48 captions on disk) a paper profile still validates: its
+    captions stage will rebuild that table from the 4,526-line list."""
+    import pyarrow as pa
+
+    from pipeline.core.tables import write_table
+
+    write_table(pa.table({"image_id": [1, 2], "caption_id": [1, 2]}), no_data / "data/captions/captions.parquet")
+    params = resolve(REPO / "configs" / f"{name}.yaml")
+    assert params["evaluate"]["attention"]["holdout_images"] > 2 and check_params(params) == []

@@ -116,10 +116,14 @@ def check_params(params: dict[str, Any], only: tuple[str, ...] | None = None) ->
     att = ev.get("attention", {})
     if att.get("enabled", True) and att.get("holdout_images"):
         att_path = att.get("captions")
-        size = data_size(att_path) if att_path and Path(att_path).is_file() else None
-        have = size.images if size is not None else None
-        if size is None and att_path == f"{cap.get('out_dir', 'data/captions')}/captions.parquet":
+        size = have = None
+        if att_path == f"{cap.get('out_dir', 'data/captions')}/captions.parquet" and train_images is not None:
+            # the captions stage's own table: what this profile's source gives, not a table another
+            # profile may have left on disk
             size, have, att_path = source, train_images, cap.get("source")
+        elif att_path and Path(att_path).is_file():
+            size = data_size(att_path)
+            have = size.images if size is not None else None
         _need(problems, "evaluate.attention.holdout_images", att["holdout_images"], have, size, att_path)
 
     for key in ("fid", "fid_flickr30k"):
