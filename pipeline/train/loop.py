@@ -35,7 +35,6 @@ from pipeline.train.attention import AttentionCapture
 from pipeline.train.checkpoints import (
     checkpoint_last_values,
     checkpoint_step,
-    list_checkpoints,
     load_optimizer,
     load_scaler,
     save_checkpoint,
@@ -197,7 +196,7 @@ def optimizer_step(run: Run, step: int, batches) -> dict[str, float]:
         # backward inside the capture: gradient checkpointing recomputes the supervised layers
         with sync, run.capture.active(cfg.supervise):
             loss, logged = micro_step(cfg, batch, positions, run.models, run.capture, acc.device, run.weight_dtype)
-            check_finite(acc, loss, step, batch, _last_good(run))
+            check_finite(acc, loss, step, batch, run.plan.folder)
             acc.backward(loss / accumulation)
         run.capture.clear()
         for k, v in logged.items():
@@ -208,11 +207,6 @@ def optimizer_step(run: Run, step: int, batches) -> dict[str, float]:
     values = _mean_over_processes(acc, parts_sum)
     values["grad_norm"] = float(grad_norm)
     return values
-
-
-def _last_good(run: Run) -> Path | None:
-    ckpts = list_checkpoints(run.plan.folder)
-    return ckpts[-1][1] if ckpts else None
 
 
 def _checkpoint(run: Run, done: int) -> Path | None:

@@ -87,12 +87,17 @@ def micro_step(cfg: TrainConfig, batch: dict, positions: list[int], models, capt
     return loss, {k: float(v) for k, v in logged.items()}
 
 
-def check_finite(accelerator, loss: torch.Tensor, step: int, batch: dict, last_good: Path | None) -> None:
-    """Raise :class:`TrainingDiverged` on every process when any process's loss is not finite."""
+def check_finite(accelerator, loss: torch.Tensor, step: int, batch: dict, run_folder: Path) -> None:
+    """Raise :class:`TrainingDiverged` on every process when any process's loss is not finite,
+    naming the newest checkpoint in ``run_folder`` (listed only then, not at every micro-step)."""
     flag = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=accelerator.device)
     if accelerator.num_processes > 1:
         flag = accelerator.reduce(flag, reduction="sum")
     if float(flag) > 0:
+        from pipeline.train.checkpoints import list_checkpoints
+
+        ckpts = list_checkpoints(run_folder)
+        last_good = ckpts[-1][1] if ckpts else None
         ids = batch["caption_ids"].tolist()
         raise TrainingDiverged(
             f"non-finite loss ({float(loss)}) at step {step + 1} on caption ids {ids} "
