@@ -26,6 +26,83 @@ def test_paper_architectures_have_the_published_parameter_counts():
     assert 430e6 < counts["owlv2_large"] < 440e6 and 150e6 < counts["owlvit_base"] < 155e6
 
 
+def test_sdxl_architecture_has_the_published_parameter_counts():
+    from pipeline.models.rehearsal import SDXL_PARTS, check_sdxl_parts, param_counts
+
+    counts = param_counts(kinds=("sdxl",))
+    assert counts == {"sdxl_unet": 2_567_463_684, "sdxl_vae": 83_653_863,
+                      "sdxl_text_encoder": 123_060_480,       # CLIP ViT-L/14 text tower
+                      "sdxl_text_encoder_2": 694_659_840}     # OpenCLIP ViT-bigG/14 text tower + projection
+    check_sdxl_parts(SDXL_PARTS)  # cross-attention 2048 = 768 + 1280, added embedding 2816 = 6 x 256 + 1280
+
+
+def test_sdxl_is_a_kind_the_config_accepts():
+    from pipeline.core.config import ConfigError
+    from pipeline.models.rehearsal import KINDS, RehearsalModelsConfig
+
+    assert KINDS[-1] == "sdxl"  # appended: the other kinds keep their seeds
+    RehearsalModelsConfig(kinds=("sd14", "sdxl")).validate()
+    with pytest.raises(ConfigError, match="unknown \\['sdxl_refiner'\\]"):
+        RehearsalModelsConfig(kinds=("sdxl_refiner",)).validate()
+
+
+def _tiny_sdxl_parts() -> dict:
+    from pipeline.models.rehearsal import CLIP_L14_TEXT, OPENCLIP_BIGG14_TEXT, SDXL_PARTS
+
+    small = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, projection_dim=32)
+    return dict(
+        unet=dict(SDXL_PARTS["unet"], sample_size=16, block_out_channels=(32, 64, 64), layers_per_block=1,
+                  norm_num_groups=8, transformer_layers_per_block=(1, 1, 1), attention_head_dim=(2, 4, 4),
+                  cross_attention_dim=64, addition_time_embed_dim=8, projection_class_embeddings_input_dim=80),
+        vae=dict(SDXL_PARTS["vae"], block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                 up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=8, sample_size=32),
+        text=dict(CLIP_L14_TEXT, **small), text_2=dict(OPENCLIP_BIGG14_TEXT, **small))
+
+
+def test_sdxl_builder_writes_the_release_layout_that_diffusers_loads(tmp_path: Path, monkeypatch):
+    """The real builder, through build_rehearsal_models, with tiny configs swapped in."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    from pipeline.core.provenance import random_weight_models
+    from pipeline.models import rehearsal
+
+    monkeypatch.setattr(rehearsal, "SDXL_PARTS", _tiny_sdxl_parts())
+    with pytest.raises(ValueError, match="cross-attention 2048"):
+        rehearsal.check_sdxl_parts(dict(rehearsal.SDXL_PARTS, unet=rehearsal.SDXL_BASE_UNET))
+    out = tmp_path / "models"
+    paths = rehearsal.build_rehearsal_models(rehearsal.RehearsalModelsConfig(kinds=("sdxl",), seed=5,
+                                                                             out_dir=str(out)))
+    folder = out / "sdxl"
+    assert paths["sdxl"] == str(folder) and random_weight_models([folder / "unet"]) == [str(folder / "unet")]
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionXLPipeline"
+    assert index["text_encoder_2"] == ["transformers", "CLIPTextModelWithProjection"]
+    assert index["scheduler"] == ["diffusers", "EulerDiscreteScheduler"]
+    assert {"unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"} <= {
+        p.name for p in folder.iterdir()}
+    weights = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin"))
+    assert weights == ["text_encoder/model.safetensors", "text_encoder_2/model.safetensors",
+                       "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"]
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder)
+    assert pipe.tokenizer_2.pad_token == "!" and pipe.tokenizer_2.pad_token_id == 0
+    assert pipe.tokenizer.pad_token == "<|endoftext|>"
+    assert pipe.vae.config.force_upcast and pipe.vae.config.scaling_factor == 0.13025
+    assert isinstance(pipe.scheduler, EulerDiscreteScheduler)
+    sched = pipe.scheduler.config
+    assert (sched.timestep_spacing, sched.steps_offset, sched.prediction_type, sched.beta_end) == (
+        "leading", 1, "epsilon", 0.012)
+    assert pipe.unet.config.addition_embed_type == "text_time"
+    image = pipe("a cat", num_inference_steps=1, height=32, width=32, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 32, 32, 3)
+    # seeded per component: a second build gives the same weights
+    first = pipe.unet.state_dict()
+    rehearsal.build_rehearsal_models(rehearsal.RehearsalModelsConfig(kinds=("sdxl",), seed=5, out_dir=str(out)))
+    again = StableDiffusionXLPipeline.from_pretrained(folder).unet.state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+
 def test_bert_vocab_has_bert_base_uncased_layout():
     from pipeline.models.rehearsal import BERT_BASE_UNCASED, rehearsal_wordpiece_vocab
 

@@ -12,6 +12,12 @@ the formats and layouts users download, so the paper profiles' loaders read them
                            linear projections, cross-attn 1024, sample 96 = 768 px), OpenCLIP ViT-H
                            text encoder 340.4M (1024 wide, 23 layers, 16 heads, gelu), the same VAE,
                            DDIMScheduler with v_prediction; tokenizer padding with "!" (id 0)
+    sdxl/                  like stabilityai/stable-diffusion-xl-base-1.0 (optional, ~14 GB): UNet 2,567.5M
+                           (``sdxl.SDXL_BASE_UNET``), SDXL's VAE 83.7M (the SD VAE, scaling 0.13025,
+                           force_upcast, sample 1024), CLIP ViT-L/14 text encoder 123.1M, OpenCLIP
+                           ViT-bigG/14 text encoder with projection 694.7M (1280 wide, 32 layers, 20 heads,
+                           gelu, projection 1280), tokenizer + tokenizer_2 (padding with "!"),
+                           EulerDiscreteScheduler (SD's betas, "leading" spacing, epsilon)
     bert-base-uncased/     bert-base-uncased's config (110M) + a 30,522-entry WordPiece vocab built offline
     groundingdino/groundingdino_swint_ogc.pth   {"model": state_dict} with "module." keys (DDP),
                            built by groundingdino's build_model from the packaged SwinT-OGC config
@@ -25,7 +31,8 @@ the formats and layouts users download, so the paper profiles' loaders read them
     RANDOM_WEIGHTS.json    marks every model here as random (``pipeline.core.provenance``)
 
 Each model is built alone, written atomically (temporary name, then rename) and freed before
-the next (24 GiB machines). ``param_counts()`` counts every architecture on the ``meta``
+the next (24 GiB machines); SDXL's components are built, saved and freed one at a time (its
+UNet alone is 10.3 GB in fp32). ``param_counts()`` counts every architecture on the ``meta``
 device, without allocating weights (the cheap check CI runs).
 """
 
@@ -45,11 +52,13 @@ import torch
 from pipeline.core.config import ConfigError
 from pipeline.core.provenance import write_random_weights_marker
 from pipeline.core.tables import write_json
+from pipeline.models.sdxl import SDXL_BASE_UNET
 
 log = logging.getLogger(__name__)
 
+#: ``sdxl`` last: a kind's seed is ``seed + 100 * KINDS.index(kind)``, so appending keeps the others'
 KINDS: tuple[str, ...] = ("sd14", "sd21", "grounding_dino", "sam_vit_h", "owlv2_large", "owlvit_base", "inception",
-                          "sam_hq_vit_h")
+                          "sam_hq_vit_h", "sdxl")
 
 SD_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
@@ -73,6 +82,16 @@ CLIP_L14_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=
                      hidden_act="quick_gelu", projection_dim=768)
 OPENCLIP_H14_TEXT = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
                          hidden_act="gelu", projection_dim=512)
+#: OpenCLIP ViT-bigG/14's text tower, SDXL's ``text_encoder_2`` (CLIPTextModelWithProjection)
+OPENCLIP_BIGG14_TEXT = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                            hidden_act="gelu", projection_dim=1280)
+#: SDXL base 1.0's VAE: SD's architecture, its own scaling factor, decoded in fp32 (``force_upcast``)
+SDXL_VAE = dict(SD_VAE, scaling_factor=0.13025, force_upcast=True, sample_size=1024)
+#: SDXL base 1.0's scheduler_config.json (the keys EulerDiscreteScheduler takes)
+SDXL_SCHEDULER = dict(SD_BETAS, steps_offset=1, timestep_spacing="leading", prediction_type="epsilon",
+                      interpolation_type="linear", use_karras_sigmas=False)
+#: the configs ``build_sdxl`` builds (``unet``: ``pipeline.models.sdxl.SDXL_BASE_UNET``); a test swaps in tiny ones
+SDXL_PARTS: dict[str, dict] = dict(unet=SDXL_BASE_UNET, vae=SDXL_VAE, text=CLIP_L14_TEXT, text_2=OPENCLIP_BIGG14_TEXT)
 SD_VARIANTS = {
     "sd14": dict(unet=SD14_UNET, text=CLIP_L14_TEXT, resolution=512, prediction_type="epsilon", scheduler="pndm"),
     "sd21": dict(unet=SD21_UNET, text=OPENCLIP_H14_TEXT, resolution=768, prediction_type="v_prediction",
@@ -133,15 +152,21 @@ def sd_vae(variant: str):
     return AutoencoderKL(**SD_VAE, sample_size=SD_VARIANTS[variant]["resolution"])
 
 
-def sd_text_encoder(variant: str):
-    from transformers import CLIPTextConfig, CLIPTextModel
+def clip_text_encoder(spec: dict, with_projection: bool = False):
+    """A CLIP text tower (``CLIPTextModel``, or ``CLIPTextModelWithProjection``) over SD's tokenizer."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from pipeline.models.clip_tokenizer import BOS_ID, EOS_ID, MODEL_MAX_LENGTH, VOCAB_SIZE
 
-    return CLIPTextModel(CLIPTextConfig(
+    model_cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    return model_cls(CLIPTextConfig(
         vocab_size=VOCAB_SIZE, max_position_embeddings=MODEL_MAX_LENGTH, layer_norm_eps=1e-5,
-        bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=1, **SD_VARIANTS[variant]["text"],
+        bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=1, **spec,
     ))
+
+
+def sd_text_encoder(variant: str):
+    return clip_text_encoder(SD_VARIANTS[variant]["text"])
 
 
 def sd_scheduler(variant: str):
@@ -152,6 +177,37 @@ def sd_scheduler(variant: str):
     if v["scheduler"] == "pndm":
         return PNDMScheduler(**common, skip_prk_steps=True)
     return DDIMScheduler(**common, clip_sample=False)
+
+
+def check_sdxl_parts(parts: dict[str, dict]) -> None:
+    """The UNet's conditioning widths must match the text encoders': cross-attention = the two hidden
+    sizes concatenated, added embedding = 6 time ids x ``addition_time_embed_dim`` + the pooled projection."""
+    unet, text, text_2 = parts["unet"], parts["text"], parts["text_2"]
+    cross = text["hidden_size"] + text_2["hidden_size"]
+    added = 6 * unet["addition_time_embed_dim"] + text_2["projection_dim"]
+    if unet["cross_attention_dim"] != cross or unet["projection_class_embeddings_input_dim"] != added:
+        raise ValueError(f"SDXL UNet expects cross-attention {unet['cross_attention_dim']} and added embedding "
+                         f"{unet['projection_class_embeddings_input_dim']}; the text encoders give {cross} and {added}")
+
+
+def sdxl_unet(parts: dict[str, dict] | None = None):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**(parts or SDXL_PARTS)["unet"])
+
+
+def sdxl_vae(parts: dict[str, dict] | None = None):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**(parts or SDXL_PARTS)["vae"])
+
+
+def sdxl_text_encoder(parts: dict[str, dict] | None = None):
+    return clip_text_encoder((parts or SDXL_PARTS)["text"])
+
+
+def sdxl_text_encoder_2(parts: dict[str, dict] | None = None):
+    return clip_text_encoder((parts or SDXL_PARTS)["text_2"], with_projection=True)
 
 
 def owl_model(kind: str):
@@ -192,11 +248,13 @@ def sam_vit_h():
     return sam_model_registry["vit_h"](checkpoint=None)
 
 
-def param_counts(kinds: tuple[str, ...] = ("sd14", "sd21", "sam_vit_h", "owlv2_large", "owlvit_base")) -> dict[str, int]:
+def param_counts(kinds: tuple[str, ...] = ("sd14", "sd21", "sdxl", "sam_vit_h", "owlv2_large", "owlvit_base"),
+                 ) -> dict[str, int]:
     """Parameters of each architecture built on the ``meta`` device (no weights allocated).
 
-    Keys: ``sd14_unet``, ``sd14_vae``, ``sd14_text_encoder`` (same for ``sd21``), ``sam_vit_h``,
-    ``owlv2_large``, ``owlvit_base``.
+    Keys: ``sd14_unet``, ``sd14_vae``, ``sd14_text_encoder`` (same for ``sd21``), ``sdxl_unet``,
+    ``sdxl_vae``, ``sdxl_text_encoder``, ``sdxl_text_encoder_2``, ``sam_vit_h``, ``owlv2_large``,
+    ``owlvit_base``.
     """
     builders = {}
     for variant in ("sd14", "sd21"):
@@ -204,6 +262,9 @@ def param_counts(kinds: tuple[str, ...] = ("sd14", "sd21", "sam_vit_h", "owlv2_l
             builders[f"{variant}_unet"] = lambda v=variant: sd_unet(v)
             builders[f"{variant}_vae"] = lambda v=variant: sd_vae(v)
             builders[f"{variant}_text_encoder"] = lambda v=variant: sd_text_encoder(v)
+    if "sdxl" in kinds:
+        builders.update(sdxl_unet=sdxl_unet, sdxl_vae=sdxl_vae, sdxl_text_encoder=sdxl_text_encoder,
+                        sdxl_text_encoder_2=sdxl_text_encoder_2)
     if "sam_vit_h" in kinds:
         builders["sam_vit_h"] = sam_vit_h
     if "owlv2_large" in kinds:
@@ -271,6 +332,46 @@ def build_sd(out_dir: Path, variant: str, seed: int, tokenizer_dir: Path) -> Pat
         )
         pipe.save_pretrained(tmp, safe_serialization=True)
         del pipe
+    return final
+
+
+def build_sdxl(out_dir: Path, seed: int, tokenizer_dir: Path, parts: dict[str, dict] | None = None) -> Path:
+    """A diffusers SDXL base 1.0 folder (``sdxl/``) with seeded random weights, safetensors only.
+
+    The layout of ``stabilityai/stable-diffusion-xl-base-1.0``: ``model_index.json`` (written by
+    ``save_config`` of a pipeline whose models sit on the meta device, as ``save_pretrained``
+    writes it), ``unet/`` (one ``diffusion_pytorch_model.safetensors``, unsharded as in the
+    release), ``vae/``, ``text_encoder/``, ``text_encoder_2/``, ``tokenizer/``, ``tokenizer_2/``
+    (pads with "!", id 0), ``scheduler/``. Each model is built with its seeded default init, saved
+    and freed before the next, so the peak is about one model (the UNet, 10.3 GB in fp32).
+    ``parts`` replaces :data:`SDXL_PARTS` (the tests build a tiny twin this way).
+    """
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
+
+    parts = parts or SDXL_PARTS
+    check_sdxl_parts(parts)
+    final = out_dir / "sdxl"
+    with _atomic_dir(final) as tmp:
+        tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+        tokenizer_2 = CLIPTokenizer.from_pretrained(tokenizer_dir, pad_token="!")
+        scheduler = EulerDiscreteScheduler(**SDXL_SCHEDULER)
+        models = {"text_encoder": (seed, sdxl_text_encoder), "vae": (seed + 1, sdxl_vae),
+                  "unet": (seed + 2, sdxl_unet), "text_encoder_2": (seed + 3, sdxl_text_encoder_2)}
+        with torch.device("meta"):
+            shells = {name: build(parts) for name, (_, build) in models.items()}
+        StableDiffusionXLPipeline(tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=scheduler,
+                                  **shells).save_config(tmp)
+        del shells
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        tokenizer_2.save_pretrained(tmp / "tokenizer_2")
+        scheduler.save_pretrained(tmp / "scheduler")
+        for name, (part_seed, build) in models.items():
+            model = _seeded(part_seed, lambda b=build: b(parts))
+            extra = {"max_shard_size": "100GB"} if name in ("unet", "vae") else {}
+            model.save_pretrained(tmp / name, safe_serialization=True, **extra)
+            del model
+            gc.collect()
     return final
 
 
@@ -400,6 +501,8 @@ def build_rehearsal_models(cfg: RehearsalModelsConfig) -> dict[str, str]:
         log.info("building %s (%d/%d)", kind, i + 1, len(cfg.kinds))
         if kind in SD_VARIANTS:
             paths[kind] = str(build_sd(out, kind, seed, tokenizer_dir))
+        elif kind == "sdxl":
+            paths[kind] = str(build_sdxl(out, seed, tokenizer_dir))
         elif kind == "grounding_dino":
             bert = build_bert(out, seed)
             paths["bert"] = str(bert)
