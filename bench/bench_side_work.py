@@ -53,6 +53,7 @@ def run(variant: str = "sd14", device: str = "auto", repeats: int = 2) -> list[d
     from diffusers import DDPMScheduler
 
     from pipeline.train.attention import AttentionCapture, average_maps
+    from pipeline.models.conditioning import TextConditioner
     from pipeline.train.step import encode_batch
 
     device = resolve_device(device)
@@ -61,8 +62,10 @@ def run(variant: str = "sd14", device: str = "auto", repeats: int = 2) -> list[d
     res = 512 if variant == "sd14" else 768
     batch = {"pixel_values": torch.rand(1, 3, res, res) * 2 - 1, "input_ids": torch.randint(0, 49407, (1, 77))}
 
+    conditioner = TextConditioner(text)
+
     def heat_row():
-        noisy, _, _, states = encode_batch(batch, [-1], 0, vae, text, scheduler, device, torch.float32)
+        noisy, _, _, (states, _) = encode_batch(batch, [-1], 0, vae, conditioner, scheduler, device)
         t = torch.full((1,), 500, device=device, dtype=torch.long)
         with torch.no_grad(), AttentionCapture(unet) as capture:
             unet(noisy, t, states)

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from pipeline.core.masks import encode_rle
+from pipeline.models.conditioning import TextConditioner
 from pipeline.models.stable_diffusion import build_tiny_sd, load_sd_components
 from pipeline.train.attention_metrics import (
     attention_iou,
@@ -144,7 +145,7 @@ def tiny(tmp_path_factory):
 
 
 def run(parts, dataset, unet=None, **kw):
-    return evaluate_grounding(unet or parts.unet, parts.vae, parts.text_encoder, dataset, [0, 1, 2],
+    return evaluate_grounding(unet or parts.unet, parts.vae, TextConditioner.of(parts), dataset, [0, 1, 2],
                               scheduler=parts.noise_scheduler, **kw)
 
 
@@ -175,7 +176,7 @@ def test_evaluate_grounding_on_the_tiny_sd(tiny):
 def test_evaluate_attention_share_is_the_share_part(tiny):
     parts, dataset = tiny
     full = run(parts, dataset, timesteps=(300,))
-    share = evaluate_attention_share(parts.unet, parts.vae, parts.text_encoder, dataset, [0, 1, 2],
+    share = evaluate_attention_share(parts.unet, parts.vae, TextConditioner.of(parts), dataset, [0, 1, 2],
                                      timesteps=(300,), scheduler=parts.noise_scheduler)
     assert share == {"r4": full["share_r4"], "r8": full["share_r8"], "r16": full["share_r16"], "mean": full["share"]}
     assert full["pairs"] == 2 * 4
@@ -183,5 +184,5 @@ def test_evaluate_attention_share_is_the_share_part(tiny):
 
 def test_no_supervised_noun_gives_nan(tiny):
     parts, dataset = tiny
-    result = evaluate_grounding(parts.unet, parts.vae, parts.text_encoder, dataset, [2])
+    result = evaluate_grounding(parts.unet, parts.vae, TextConditioner.of(parts), dataset, [2])
     assert result["pairs"] == 0 and math.isnan(result["share"]) and math.isnan(result["iou"])

@@ -117,7 +117,7 @@ def test_side_work_that_fails_is_recorded_and_the_run_goes_on():
             raise OSError(f"image {i} vanished")
 
     side = SideWork(TrainConfig(), Accelerator(cpu=True), models=None, capture=None, dataset=Broken(),
-                    heldout_set=Broken(), resolutions=[4, 8], weight_dtype=torch.float32, heat_indices=[0])
+                    heldout_set=Broken(), resolutions=[4, 8], heat_indices=[0])
     assert side.heldout(5) is None and side.heatmap_rows(5) is None
     assert len(side.errors) == 2 and all(e.startswith("step 5: ") for e in side.errors)
 

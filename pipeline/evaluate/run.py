@@ -156,6 +156,7 @@ def run_attention(cfg: EvaluateConfig, pipe) -> dict:
     """Attention share inside the mask and IoU of the thresholded map, on the held-out images."""
     from diffusers import DDPMScheduler
 
+    from pipeline.models.conditioning import TextConditioner
     from pipeline.models.stable_diffusion import vae_scale_factor
     from pipeline.train.attention import layer_resolutions
     from pipeline.train.attention_metrics import evaluate_grounding
@@ -169,9 +170,10 @@ def run_attention(cfg: EvaluateConfig, pipe) -> dict:
     examples, _, data = build_examples(a.captions, a.nouns, a.masks, tokenizer=pipe.tokenizer, coverage=coverage)
     _, heldout = split_holdout(examples, a.holdout_images, a.seed, name="evaluate.attention.holdout_images",
                                keep_training=False)
-    dataset = TokenComposeDataset(heldout, pipe.tokenizer, a.resolution, resolutions)
+    dataset = TokenComposeDataset(heldout, pipe.tokenizer, a.resolution, resolutions,
+                                  tokenizer_2=getattr(pipe, "tokenizer_2", None))
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    result = evaluate_grounding(pipe.unet, pipe.vae, pipe.text_encoder, dataset, list(range(len(dataset))),
+    result = evaluate_grounding(pipe.unet, pipe.vae, TextConditioner.of(pipe), dataset, list(range(len(dataset))),
                                 blocks=tuple(a.blocks), timesteps=tuple(a.timesteps), seed=a.seed,
                                 scheduler=scheduler, iou_threshold=a.iou_threshold)
     result["heldout_captions"] = len(heldout)

@@ -1,7 +1,8 @@
 """Stable Diffusion XL: the released UNet's layout, its conditioning, a tiny random twin.
 
-What is here so far (the train and evaluate stages run SD1.x/2.x only, and refuse an SDXL
-folder by name): :data:`SDXL_BASE_UNET` and :func:`meta_unet` (the supervised groups below),
+The train and evaluate stages run SDXL through the same loaders as SD1.x/2.x
+(``stable_diffusion.load_sd_components`` / ``load_sd_pipeline``, ``conditioning.TextConditioner``). Here:
+:data:`SDXL_BASE_UNET` and :func:`meta_unet` (the supervised groups below),
 :func:`add_time_ids` and :func:`encode_sdxl_text` (SDXL's added conditioning, as diffusers'
 ``train_text_to_image_sdxl.py`` and the pipeline's ``encode_prompt``), :func:`bigg_position_mismatches`
 (token indices of the ViT-L tokenizer against OpenCLIP bigG's) and :func:`build_tiny_sdxl`.
@@ -98,7 +99,7 @@ def encode_sdxl_text(text_encoders, input_ids: list) -> tuple:
     return torch.cat(hidden, dim=-1), pooled
 
 
-def build_tiny_sdxl(out_dir, seed: int, resolution: int = 64):
+def build_tiny_sdxl(out_dir, seed: int, resolution: int = 64, tokenizer_dir=None):
     """A tiny random SDXL folder in the release's layout (``StableDiffusionXLPipeline.save_pretrained``)::
 
         tokenizer/, tokenizer_2/     SD's CLIP tokenizer; the second pads with "!" (id 0) as OpenCLIP does
@@ -120,7 +121,8 @@ def build_tiny_sdxl(out_dir, seed: int, resolution: int = 64):
     out = Path(out_dir)
     cfg = TinySDConfig(resolution=resolution)
     cfg.validate()
-    tok_dir = build_clip_tokenizer(out / ".tokenizer", save_fast=False)
+    tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else build_clip_tokenizer(out / ".tokenizer",
+                                                                                          save_fast=False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         text_encoder = _text_encoder(cfg)
@@ -142,7 +144,8 @@ def build_tiny_sdxl(out_dir, seed: int, resolution: int = 64):
         tokenizer=CLIPTokenizer.from_pretrained(tok_dir), tokenizer_2=CLIPTokenizer.from_pretrained(tok_dir, pad_token="!"),
         unet=unet, scheduler=EulerDiscreteScheduler.from_config(sd_noise_scheduler().config))
     pipe.save_pretrained(out, safe_serialization=True)
-    import shutil
+    if tokenizer_dir is None:
+        import shutil
 
-    shutil.rmtree(tok_dir)
+        shutil.rmtree(tok_dir)
     return out

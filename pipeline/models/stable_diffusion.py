@@ -1,8 +1,10 @@
 """Stable Diffusion: loading the real weights (hub id or folder) and the tiny random twin.
 
-``load_sd_components`` (training: UNet, VAE, text encoder, tokenizer, noise scheduler) and
-``load_sd_pipeline`` (generation: a ``StableDiffusionPipeline`` with a UNet swapped in or a LoRA loaded) take
-``CompVis/stable-diffusion-v1-4``, ``stabilityai/stable-diffusion-2-1`` or a local folder.
+``load_sd_components`` (training: UNet, VAE, text encoder(s), tokenizer(s), noise scheduler) and
+``load_sd_pipeline`` (generation: a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` with a UNet
+swapped in or a LoRA loaded) take ``CompVis/stable-diffusion-v1-4``, ``stabilityai/stable-diffusion-2-1``,
+``stabilityai/stable-diffusion-xl-base-1.0`` or a local folder. An SDXL folder (``sdxl_marks``) brings its
+second tokenizer and text encoder (``CLIPTextModelWithProjection``: the pooled embedding).
 
 The tiny twin: ``build_tiny_sd(out_dir, seed)`` writes what ``CompVis/stable-diffusion-v1-4`` holds on the hub::
 
@@ -40,7 +42,7 @@ from typing import Literal
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from pipeline.core.tables import write_json
 from pipeline.models.lora import LORA_WEIGHTS, check_lora_base, entry_kind, lora_file
@@ -116,13 +118,22 @@ class TinySDConfig:
 
 @dataclass
 class SDComponents:
-    """What SD fine-tuning needs, loaded from one pipeline folder or hub id."""
+    """What SD fine-tuning needs, loaded from one pipeline folder or hub id.
+
+    SDXL: ``tokenizer_2`` (OpenCLIP's padding) and ``text_encoder_2`` (with projection); None otherwise.
+    """
 
     tokenizer: CLIPTokenizer
     text_encoder: CLIPTextModel
     vae: AutoencoderKL
     unet: UNet2DConditionModel
     noise_scheduler: DDPMScheduler
+    tokenizer_2: CLIPTokenizer | None = None
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+
+    @property
+    def sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
 
 
 def _text_encoder(cfg: TinySDConfig) -> CLIPTextModel:
@@ -260,21 +271,38 @@ KNOWN_SD = {
 }
 
 
+Family = Literal["sd", "sdxl"]
+
+
 @dataclass(frozen=True)
 class SDExpectation:
     """What a profile expects of its Stable Diffusion folder (``train.expect``, ``evaluate.expect``).
 
     SD1.4: ``cross_attention_dim: 768, prediction_type: epsilon``; SD2.1 (768 px):
-    ``1024, v_prediction``. A folder of another model stops the stage before any weight loads.
+    ``1024, v_prediction``; SDXL base 1.0: ``2048, epsilon, family: sdxl``. ``family`` tells SDXL
+    (two text encoders, added time ids) from SD1.x/2.x, read from the folder's configs
+    (``sdxl_marks``). A folder of another model stops the stage before any weight loads.
     """
 
     cross_attention_dim: int
     prediction_type: PredictionType
+    family: Family = "sd"
 
     def describe(self, pair: tuple[int, str] | None = None) -> str:
         dim, pred = pair or (self.cross_attention_dim, self.prediction_type)
         name = KNOWN_SD.get((dim, pred))
         return f"cross_attention_dim {dim}, prediction_type {pred}" + (f" = {name}" if name else "")
+
+    def check_family(self, folder: Path, marks: list[str]) -> None:
+        """Raise ValueError when ``folder``'s configs (``marks``: ``sdxl_marks``) say another family."""
+        if self.family == "sdxl" and not marks:
+            raise ValueError(f"{folder}: the profile expects Stable Diffusion XL (family sdxl); the folder is "
+                             f"SD1.x/2.x (no text_encoder_2/, tokenizer_2/, UNet without addition_embed_type "
+                             f"text_time)")
+        if self.family == "sd" and marks:
+            raise ValueError(f"{folder}: a Stable Diffusion XL folder ({'; '.join(marks)}); the profile expects "
+                             f"SD1.x/2.x (family sd: one text encoder, a UNet without added time embeddings); "
+                             f"set train.expect / evaluate.expect family: sdxl for SDXL")
 
 
 def _read_json(path: Path) -> dict:
@@ -296,15 +324,19 @@ def check_sd_architecture(pretrained: str | Path, expect: SDExpectation | None, 
     if not Path(pretrained).is_dir():
         return
     folder = Path(pretrained)
+    base_xl = bool(sdxl_marks(folder))
     swapped = [Path(u) for u in unets if entry_kind(u) == "unet"]
     for unet in swapped:
-        if _read_json(unet / "config.json").get("addition_embed_type") == "text_time":
-            raise ValueError(f"{unet / 'config.json'}: an SDXL UNet (addition_embed_type text_time); the base "
-                             f"{folder} is a Stable Diffusion 1.x/2.x pipeline")
+        xl = _read_json(unet / "config.json").get("addition_embed_type") == "text_time"
+        if xl != base_xl:
+            raise ValueError(f"{unet / 'config.json'}: " + (
+                f"an SDXL UNet (addition_embed_type text_time); the base {folder} is a Stable Diffusion 1.x/2.x "
+                f"pipeline" if xl else f"a Stable Diffusion 1.x/2.x UNet; the base {folder} is an SDXL pipeline"))
     for lora in (Path(u) for u in unets if entry_kind(u) == "lora"):
         check_lora_base(lora, _read_json(folder / "unet" / "config.json"), str(folder))
     if expect is None:
         return
+    expect.check_family(folder, sdxl_marks(folder))
     pred_file = folder / "scheduler" / "scheduler_config.json"
     pred = _read_json(pred_file).get("prediction_type", "epsilon")
     for unet in (folder / "unet", *swapped):
@@ -341,6 +373,17 @@ def sdxl_marks(folder: str | Path) -> list[str]:
     return marks
 
 
+#: what an SDXL folder holds beside SD's parts
+SDXL_PARTS = ("tokenizer_2", "text_encoder_2")
+
+
+def is_sdxl(pretrained: str | Path, unet=None) -> bool:
+    """Whether ``pretrained`` is SDXL: a local folder's configs, or a loaded UNet's ``addition_embed_type``."""
+    if unet is not None:
+        return unet.config.get("addition_embed_type") == "text_time"
+    return Path(pretrained).is_dir() and bool(sdxl_marks(pretrained))
+
+
 def _check_local(pretrained: str) -> None:
     """A local folder must be a complete pipeline; a missing path under an existing folder is an error.
 
@@ -359,53 +402,77 @@ def _check_local(pretrained: str) -> None:
             held = (f"; it is a LoRA or a UNet, not a base model: name the base pipeline folder here and "
                     f"{path} as an evaluate.models entry")
         raise FileNotFoundError(f"{path} is not a Stable Diffusion pipeline folder: no {missing}{held}")
-    sdxl = sdxl_marks(path)
-    if sdxl:
-        raise ValueError(f"{path}: a Stable Diffusion XL folder ({'; '.join(sdxl)}); the SD1.x/2.x loaders of this "
-                         f"profile expect one text encoder and a UNet without added time embeddings "
-                         f"(train.expect / evaluate.expect: {', '.join(v for v in KNOWN_SD.values() if 'XL' not in v)})")
+
+
+def _check_sdxl_parts(pretrained: str) -> None:
+    """An SDXL folder (after the family check) must hold its second tokenizer and text encoder."""
+    path = Path(pretrained)
+    missing = [s for s in SDXL_PARTS if not (path / s).is_dir()] if is_sdxl(path) else []
+    if missing:
+        raise FileNotFoundError(f"{path}: an SDXL folder ({'; '.join(sdxl_marks(path))}) without {missing}")
+
+
+def _sdxl_source(pretrained: str, revision: str | None) -> bool:
+    """Whether a folder or hub id is SDXL (a hub id: its UNet config, fetched alone)."""
+    if Path(pretrained).is_dir():
+        return is_sdxl(pretrained)
+    config = UNet2DConditionModel.load_config(pretrained, subfolder="unet", revision=revision)
+    return config.get("addition_embed_type") == "text_time"
+
+
+def _load_tokenizer(pretrained: str, subfolder: str, revision: str | None) -> CLIPTokenizer:
+    tokenizer = CLIPTokenizer.from_pretrained(pretrained, subfolder=subfolder, revision=revision)
+    if len(tokenizer) != VOCAB_SIZE or tokenizer.bos_token_id != BOS_ID or tokenizer.eos_token_id != EOS_ID:
+        raise ValueError(f"{pretrained}/{subfolder}: the tokenizer is not SD's CLIP tokenizer ({len(tokenizer)} ids)")
+    return tokenizer
+
+
+def _check_text_width(pretrained: str, unet, encoders: list) -> None:
+    """The UNet's cross-attention width is the text encoders' hidden sizes summed (SDXL: 768 + 1280)."""
+    width = sum(e.config.hidden_size for e in encoders)
+    if width != unet.config.cross_attention_dim:
+        raise ValueError(f"{pretrained}: text encoder width {' + '.join(str(e.config.hidden_size) for e in encoders)} "
+                         f"!= UNet cross_attention_dim {unet.config.cross_attention_dim}")
 
 
 def load_sd_components(pretrained: str | Path, revision: str | None = None, variant: str | None = None,
                        expect: SDExpectation | None = None) -> SDComponents:
-    """Load SD's tokenizer (slow), text encoder, VAE, UNet and a DDPM noise scheduler.
+    """Load SD's tokenizer(s) (slow), text encoder(s), VAE, UNet and a DDPM noise scheduler.
 
-    ``pretrained``: a hub id (``CompVis/stable-diffusion-v1-4``, ``stabilityai/stable-diffusion-2-1``)
-    or a local pipeline folder (``build_tiny_sd``'s output); each part from its subfolder, as
-    diffusers' ``train_text_to_image.py`` does. The scheduler config is read into a
-    ``DDPMScheduler`` whatever class the folder names (SD 1.4 ships PNDM, SD 2.1 DDIM), so
-    its ``prediction_type`` comes along. Models are returned in eval mode on the CPU.
+    ``pretrained``: a hub id (``CompVis/stable-diffusion-v1-4``, ``stabilityai/stable-diffusion-2-1``,
+    ``stabilityai/stable-diffusion-xl-base-1.0``) or a local pipeline folder (``build_tiny_sd``'s or
+    ``build_tiny_sdxl``'s output); each part from its subfolder, as diffusers' ``train_text_to_image.py``
+    and ``train_text_to_image_sdxl.py`` do. The scheduler config is read into a ``DDPMScheduler``
+    whatever class the folder names (SD 1.4 ships PNDM, SD 2.1 DDIM, SDXL Euler), so its
+    ``prediction_type`` comes along. Models are returned in eval mode on the CPU.
     ``expect``: the architecture the profile expects; another one is an error before weights load.
     """
     pretrained = str(pretrained)
     _check_local(pretrained)
     check_sd_architecture(pretrained, expect)
-    tokenizer = CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer", revision=revision)
-    if len(tokenizer) != VOCAB_SIZE or tokenizer.bos_token_id != BOS_ID or tokenizer.eos_token_id != EOS_ID:
-        raise ValueError(f"{pretrained}: the tokenizer is not SD's CLIP tokenizer ({len(tokenizer)} ids)")
+    _check_sdxl_parts(pretrained)
+    sdxl = _sdxl_source(pretrained, revision)
+    tokenizer = _load_tokenizer(pretrained, "tokenizer", revision)
     noise_scheduler = DDPMScheduler.from_pretrained(pretrained, subfolder="scheduler", revision=revision)
     kwargs = {"revision": revision, "variant": variant}
     text_encoder = CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder", **kwargs)
     vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae", **kwargs)
     unet = UNet2DConditionModel.from_pretrained(pretrained, subfolder="unet", **kwargs)
     _check_loaded(pretrained, expect, unet, noise_scheduler)
-    if text_encoder.config.hidden_size != unet.config.cross_attention_dim:
-        raise ValueError(
-            f"{pretrained}: text encoder width {text_encoder.config.hidden_size} != "
-            f"UNet cross_attention_dim {unet.config.cross_attention_dim}"
-        )
-    return SDComponents(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder.eval(),
-        vae=vae.eval(),
-        unet=unet.eval(),
-        noise_scheduler=noise_scheduler,
-    )
+    extra = {}
+    if sdxl:
+        extra = {"tokenizer_2": _load_tokenizer(pretrained, "tokenizer_2", revision),
+                 "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(
+                     pretrained, subfolder="text_encoder_2", **kwargs).eval()}
+    _check_text_width(pretrained, unet, [text_encoder] + ([extra["text_encoder_2"]] if sdxl else []))
+    return SDComponents(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae.eval(), unet=unet.eval(),
+                        noise_scheduler=noise_scheduler, **extra)
 
 
 def load_sd_pipeline(pretrained: str, unet: str | None, device: str, dtype: str = "fp32", scheduler: str = "default",
                      expect: SDExpectation | None = None):
-    """A ``StableDiffusionPipeline`` from ``pretrained`` (hub id or folder) with a fine-tuned UNet or a LoRA.
+    """A ``StableDiffusionPipeline`` (SDXL: ``StableDiffusionXLPipeline``) from ``pretrained`` (hub id or folder)
+    with a fine-tuned UNet or a LoRA.
 
     ``unet``: a diffusers UNet folder (``config.json`` + weights), swapped in, or a LoRA
     (``pytorch_lora_weights.safetensors`` or its folder) loaded with ``pipe.load_lora_weights``:
@@ -413,18 +480,20 @@ def load_sd_pipeline(pretrained: str, unet: str | None, device: str, dtype: str 
     Which one is told from the files (``lora.entry_kind``) and checked against ``pretrained`` before
     any weight loads. The pipeline keeps the folder's safety checker if it has one, as the official
     evaluation did. ``dtype``: a ``DTYPES`` key; ``scheduler``: ``default`` (the folder's) or a
-    ``SCHEDULERS`` key.
+    ``SCHEDULERS`` key. SDXL's VAE runs in fp32 when its config says ``force_upcast`` (the pipeline's own rule).
     """
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 
     torch_dtype = DTYPES[dtype]
     kwargs = {}
     _check_local(str(pretrained))
     kind = None if unet is None else entry_kind(unet, "UNet or LoRA")
     check_sd_architecture(pretrained, expect, () if unet is None else (unet,))
+    _check_sdxl_parts(str(pretrained))
     if kind == "unet":
         kwargs["unet"] = UNet2DConditionModel.from_pretrained(unet, torch_dtype=torch_dtype)
-    pipe = StableDiffusionPipeline.from_pretrained(pretrained, torch_dtype=torch_dtype, **kwargs)
+    cls = StableDiffusionXLPipeline if _sdxl_source(str(pretrained), None) else StableDiffusionPipeline
+    pipe = cls.from_pretrained(pretrained, torch_dtype=torch_dtype, **kwargs)
     _check_loaded(pretrained, expect, pipe.unet, pipe.scheduler)
     if kind == "lora":
         check_lora_base(unet, dict(pipe.unet.config), str(pretrained))

@@ -9,6 +9,8 @@
     sam/config.json, sam/sam_tiny.pth      segment-anything classes, raw state dict like sam_vit_h_4b8939.pth
     sd/                        a diffusers Stable Diffusion folder (unet, vae, text_encoder,
                                tokenizer, scheduler), like CompVis/stable-diffusion-v1-4
+    sdxl/                      a diffusers Stable Diffusion XL folder (two tokenizers and text encoders, a UNet
+                               with SDXL's block layout and added time ids), like stable-diffusion-xl-base-1.0
     owlv2/, owlvit/            transformers detectors + processors, like google/owlv2-large-patch14-ensemble
                                and google/owlvit-base-patch32 (MultiGen, Object Accuracy)
     clip-vision/               a CLIP vision tower + image processor (the demo's FID features)
@@ -44,6 +46,7 @@ def build_tiny_models(cfg: DemoModelsConfig) -> dict[str, str]:
     from pipeline.models.grounding_dino_tiny import build_tiny_grounding_dino
     from pipeline.models.owl_tiny import build_tiny_owlv2, build_tiny_owlvit
     from pipeline.models.sam import build_tiny_sam
+    from pipeline.models.sdxl import build_tiny_sdxl
     from pipeline.models.stable_diffusion import build_tiny_sd
 
     out = Path(cfg.out_dir)
@@ -54,7 +57,8 @@ def build_tiny_models(cfg: DemoModelsConfig) -> dict[str, str]:
     paths["sam"] = str(build_tiny_sam(out / "sam", cfg.seed))
     log.info("built the tiny SAM")
     paths["sd"] = str(build_tiny_sd(out / "sd", cfg.seed, tokenizer_dir=out / "clip-tokenizer"))
-    log.info("built the tiny Stable Diffusion")
+    paths["sdxl"] = str(build_tiny_sdxl(out / "sdxl", cfg.seed, tokenizer_dir=out / "clip-tokenizer"))
+    log.info("built the tiny Stable Diffusion and Stable Diffusion XL")
     paths["owlv2"] = str(build_tiny_owlv2(out / "owlv2", cfg.seed, out / "clip-tokenizer"))
     paths["owlvit"] = str(build_tiny_owlvit(out / "owlvit", cfg.seed, out / "clip-tokenizer"))
     paths["clip_vision"] = str(build_tiny_clip_vision(out / "clip-vision", cfg.seed))

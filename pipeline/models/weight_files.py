@@ -35,6 +35,14 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".h5", ".msgp
 STEMS = ("diffusion_pytorch_model", "model", "pytorch_model")
 #: the subfolders ``load_sd_components`` reads
 SD_TRAIN_COMPONENTS = ("tokenizer", "scheduler", "text_encoder", "vae", "unet")
+#: and, in an SDXL folder, its second tokenizer and text encoder
+SDXL_TRAIN_COMPONENTS = SD_TRAIN_COMPONENTS + ("tokenizer_2", "text_encoder_2")
+
+
+def train_components(pretrained: str | Path) -> tuple[str, ...]:
+    """The subfolders ``load_sd_components`` reads from a local folder (SDXL's two more when present)."""
+    xl = all((Path(pretrained) / c).is_dir() for c in SDXL_TRAIN_COMPONENTS[len(SD_TRAIN_COMPONENTS):])
+    return SDXL_TRAIN_COMPONENTS if xl else SD_TRAIN_COMPONENTS
 
 
 def _is_weight(path: Path) -> bool:

@@ -163,7 +163,7 @@ def eval_noise(shape: torch.Size, seed: int, idx: int, t: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def grounding_totals(unet, vae, text_encoder, dataset, indices: list[int], blocks=("mid", "up"),
+def grounding_totals(unet, vae, text, dataset, indices: list[int], blocks=("mid", "up"),
                      timesteps: tuple[int, ...] = (200, 500, 800), seed: int = 0, scheduler=None,
                      iou_threshold: float = 0.5) -> GroundingTotals:
     """Share and IoU sums over ``indices`` of ``dataset`` (see :func:`evaluate_grounding`)."""
@@ -179,12 +179,12 @@ def grounding_totals(unet, vae, text_encoder, dataset, indices: list[int], block
                     continue
                 latents = vae.encode(batch["pixel_values"].to(device, vae.dtype)).latent_dist.mean
                 latents = latents.float() * vae.config.scaling_factor
-                text = text_encoder(batch["input_ids"].to(device))[0].to(dtype)
+                hidden, added = text(batch, device, dtype)
                 for t in timesteps:
                     noise = eval_noise(latents.shape, seed, idx, t).to(device)
                     tt = torch.tensor([t], device=device)
                     noisy = scheduler.add_noise(latents, noise, tt) if scheduler is not None else latents + noise
-                    unet(noisy.to(dtype), tt, text)
+                    unet(noisy.to(dtype), tt, hidden, added_cond_kwargs=added)
                     maps = average_maps(capture.groups(), device="cpu")  # {r: (1, r*r, 77)}
                     capture.clear()
                     args = (maps, batch["masks"], batch["token_indices"], batch["token_valid"], batch["noun_valid"])
@@ -195,10 +195,12 @@ def grounding_totals(unet, vae, text_encoder, dataset, indices: list[int], block
     return totals
 
 
-def evaluate_grounding(unet, vae, text_encoder, dataset, indices: list[int], blocks=("mid", "up"),
+def evaluate_grounding(unet, vae, text, dataset, indices: list[int], blocks=("mid", "up"),
                        timesteps: tuple[int, ...] = (200, 500, 800), seed: int = 0, scheduler=None,
                        iou_threshold: float = 0.5) -> dict[str, float]:
     """Attention share and IoU on ``indices`` of ``dataset`` (items as ``TokenComposeDataset``'s).
+
+    ``text``: a ``TextConditioner`` (SD1.x/2.x or SDXL) of the model's text encoder(s).
 
     For each example with a supervised noun and each timestep ``t``: the VAE latent mean
     (scaled), noised with :func:`eval_noise` ``(seed, idx, t)`` through ``scheduler.add_noise``
@@ -211,18 +213,18 @@ def evaluate_grounding(unet, vae, text_encoder, dataset, indices: list[int], blo
     module docstring). Without any supervised noun: only NaN ``share``/``iou`` and 0 pairs.
     The UNet runs in eval mode and gets its training mode back.
     """
-    return grounding_totals(unet, vae, text_encoder, dataset, indices, blocks, timesteps, seed, scheduler,
+    return grounding_totals(unet, vae, text, dataset, indices, blocks, timesteps, seed, scheduler,
                             iou_threshold).means()
 
 
-def evaluate_attention_share(unet, vae, text_encoder, dataset, indices: list[int], blocks=("mid", "up"),
+def evaluate_attention_share(unet, vae, text, dataset, indices: list[int], blocks=("mid", "up"),
                              timesteps: tuple[int, ...] = (200, 500, 800), seed: int = 0,
                              scheduler=None) -> dict[str, float]:
     """Mean attention share inside the masks over ``indices`` of ``dataset``: {"r<r>": .., "mean": ..}.
 
     The share part of :func:`evaluate_grounding` (same noise, same pairs).
     """
-    result = evaluate_grounding(unet, vae, text_encoder, dataset, indices, blocks, timesteps, seed, scheduler)
+    result = evaluate_grounding(unet, vae, text, dataset, indices, blocks, timesteps, seed, scheduler)
     out = {key.removeprefix("share_"): v for key, v in result.items() if key.startswith("share_r")}
     out["mean"] = result["share"]
     return out

@@ -77,7 +77,7 @@ from pipeline.core.images import load_rgb
 from pipeline.core.masks import decode_rle, resize_mask
 from pipeline.core.tables import read_table
 from pipeline.models.clip_tokenizer import LAST_CONTENT_POSITION, MODEL_MAX_LENGTH
-from pipeline.models.weight_files import SD_TRAIN_COMPONENTS, model_inputs
+from pipeline.models.weight_files import model_inputs, train_components
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def training_inputs(captions_path: str | Path, nouns_path: str | Path, masks_pat
     as its text) and every image the captions table names, sorted and distinct."""
     images = sorted(set(read_table(captions_path, columns=["path"]).column("path").to_pylist()))
     tables = [str(captions_path), str(nouns_path)] + ([str(masks_path)] if masks_path is not None else [])
-    return tables + model_inputs(pretrained, variant, SD_TRAIN_COMPONENTS) + images
+    return tables + model_inputs(pretrained, variant, train_components(pretrained)) + images
 
 
 def training_inputs_digest(captions_path: str | Path, nouns_path: str | Path, masks_path: str | Path | None,
@@ -527,6 +527,8 @@ class TokenComposeDataset(Dataset):
     resolution: R, the training image side. latent_resolutions: sides of the supervised
     attention maps (SD 1.4 at 512 px: [8, 16, 32, 64]; the tiny model at 64 px: [4, 8, 16]).
     center_crop: center crop (the official setting); False crops at random, image and masks alike.
+    tokenizer_2: SDXL's second tokenizer (items gain ``input_ids_2``); None for SD1.x/2.x.
+    Every item carries SDXL's ``time_ids`` (original size, crop top-left, target size): six numbers.
     """
 
     def __init__(
@@ -536,6 +538,7 @@ class TokenComposeDataset(Dataset):
         resolution: int,
         latent_resolutions: Sequence[int],
         center_crop: bool = True,
+        tokenizer_2: CLIPTokenizer | None = None,
     ):
         if resolution <= 0:
             raise ValueError(f"resolution must be positive, got {resolution}")
@@ -550,6 +553,7 @@ class TokenComposeDataset(Dataset):
             )
         self.examples = list(examples)
         self.tokenizer = tokenizer
+        self.tokenizer_2 = tokenizer_2
         self.resolution = resolution
         self.latent_resolutions = sizes
         self.center_crop = center_crop
@@ -560,17 +564,34 @@ class TokenComposeDataset(Dataset):
     def _resize(self, img: Image.Image) -> Image.Image:
         return _resize_shorter(img, self.resolution)
 
-    def input_ids(self, caption: str) -> torch.Tensor:
-        """``(77,)`` long: start, tokens (truncated to 75), end, padding with the end token."""
-        ids = self.tokenizer(caption, padding="max_length", max_length=MODEL_MAX_LENGTH, truncation=True,
-                             return_tensors="pt").input_ids
+    def input_ids(self, caption: str, tokenizer: CLIPTokenizer | None = None) -> torch.Tensor:
+        """``(77,)`` long: start, tokens (truncated to 75), end, padding (the end token; SDXL's second: "!")."""
+        ids = (tokenizer or self.tokenizer)(caption, padding="max_length", max_length=MODEL_MAX_LENGTH,
+                                            truncation=True, return_tensors="pt").input_ids
         return ids[0]
+
+    def conditioning(self, ex: Example, top: int, left: int) -> dict[str, torch.Tensor]:
+        """``input_ids`` (and SDXL's ``input_ids_2``) ``(77,)`` and ``time_ids`` ``(6,)`` of an example
+        cropped at ``(top, left)``: ``(original h, w, top, left, R, R)`` as ``train_text_to_image_sdxl.py``."""
+        R = self.resolution
+        out = {"input_ids": self.input_ids(ex.caption),
+               "time_ids": torch.tensor([ex.height, ex.width, top, left, R, R], dtype=torch.float32)}
+        if self.tokenizer_2 is not None:
+            out["input_ids_2"] = self.input_ids(ex.caption, self.tokenizer_2)
+        return out
+
+    def center_crop_box(self, ex: Example) -> tuple[int, int]:
+        """``(top, left)`` of the centre crop of ``ex``'s image after the resize, from its size alone."""
+        short, long = min(ex.width, ex.height), max(ex.width, ex.height)
+        new_long = int(self.resolution * long / short)  # torchvision's rule for the longer side
+        w, h = (self.resolution, new_long) if ex.width <= ex.height else (new_long, self.resolution)
+        return crop_box(h, w, self.resolution, center=True)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         """One example as tensors.
 
-        pixel_values ``(3, R, R)`` float in [-1, 1]; input_ids ``(77,)`` long;
-        masks ``{r: (N, r, r)}`` float {0, 1} for each latent resolution (N = supervised nouns,
+        pixel_values ``(3, R, R)`` float in [-1, 1]; input_ids ``(77,)`` long (SDXL: input_ids_2 too);
+        time_ids ``(6,)`` float; masks ``{r: (N, r, r)}`` float {0, 1} for each latent resolution (N = supervised nouns,
         possibly 0); token_indices: N lists of positions; noun_ids: N ints; caption_id: int.
         """
         ex = self.examples[i]
@@ -586,7 +607,7 @@ class TokenComposeDataset(Dataset):
         masks = noun_masks(ex.nouns, R, self.latent_resolutions, crop=(top, left))
         return {
             "pixel_values": pixel_values,
-            "input_ids": self.input_ids(ex.caption),
+            **self.conditioning(ex, top, left),
             "masks": masks,
             "token_indices": [list(n.token_indices) for n in ex.nouns],
             "noun_ids": [n.noun_id for n in ex.nouns],
@@ -597,7 +618,8 @@ class TokenComposeDataset(Dataset):
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Pad a list of dataset items into a batch.
 
-    Returns pixel_values ``(B, 3, R, R)``, input_ids ``(B, 77)``, token_indices ``(B, N, T)``
+    Returns pixel_values ``(B, 3, R, R)``, input_ids ``(B, 77)`` (and input_ids_2, time_ids ``(B, 6)``
+    when the items have them), token_indices ``(B, N, T)``
     long (padding 0), token_valid ``(B, N, T)`` bool, noun_valid ``(B, N)`` bool,
     noun_ids ``(B, N)`` long (padding -1), masks ``{r: (B, N, r, r)}`` float (padding 0),
     caption_ids ``(B,)`` long. N = the most nouns of an item (at least 1), T = the most
@@ -636,4 +658,5 @@ def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "noun_ids": noun_ids,
         "masks": masks,
         "caption_ids": torch.tensor([item["caption_id"] for item in batch], dtype=torch.long),
+        **{k: torch.stack([item[k] for item in batch]) for k in ("input_ids_2", "time_ids") if k in batch[0]},
     }

@@ -129,7 +129,7 @@ class CachedLatentsDataset(torch.utils.data.Dataset):
         return {
             "latent_mean": mean,
             "latent_std": std,
-            "input_ids": self.base.input_ids(ex.caption),
+            **self.base.conditioning(ex, *self.base.center_crop_box(ex)),
             "masks": noun_masks(ex.nouns, self.base.resolution, self.base.latent_resolutions, crop=None),
             "token_indices": [list(n.token_indices) for n in ex.nouns],
             "noun_ids": [n.noun_id for n in ex.nouns],

@@ -21,6 +21,7 @@ are captured only on the supervised layers (``attn_blocks``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -115,10 +116,10 @@ def start_run(cfg: TrainConfig, captions_path, nouns_path) -> Run:
     models, weight_dtype = load_models(cfg, accelerator)
     data = load_data(cfg, models, captions_path, nouns_path)
     if cfg.cache_latents:
-        attach_latent_cache(cfg, data, models, accelerator, weight_dtype)
+        attach_latent_cache(cfg, data, models, accelerator)
     capture = AttentionCapture(models.unet, blocks=cfg.attn_blocks)
     heldout_set = data.heldout_set if data.heldout_nouns else None
-    side = SideWork(cfg, accelerator, models, capture, data.dataset, heldout_set, data.resolutions, weight_dtype,
+    side = SideWork(cfg, accelerator, models, capture, data.dataset, heldout_set, data.resolutions,
                     heat_indices=[i for i, e in enumerate(data.examples) if e.nouns][: cfg.heatmap_captions])
     base = side.heldout(0) or {}  # the pretrained UNet on the held-out images: what training should improve on
     start_step, last = _load_checkpoint_weights(plan, models, cfg)
@@ -129,8 +130,7 @@ def start_run(cfg: TrainConfig, captions_path, nouns_path) -> Run:
                                   betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
                                   eps=cfg.adam_epsilon)
     models.unet, optimizer = accelerator.prepare(models.unet, optimizer)
-    side.models = Models(accelerator.unwrap_model(models.unet), models.vae, models.text_encoder, models.scheduler,
-                         models.tokenizer, models.trainable)
+    side.models = dataclasses.replace(models, unet=accelerator.unwrap_model(models.unet))
     if plan.checkpoint is not None:
         _load_checkpoint_state(plan.checkpoint, optimizer, accelerator, start_step)
     logger = TrainLogger(Path(cfg.out_dir), enabled=accelerator.is_main_process, resume_step=start_step)
@@ -195,7 +195,7 @@ def optimizer_step(run: Run, step: int, batches) -> dict[str, float]:
         sync = acc.no_sync(unet) if micro < accumulation - 1 else contextlib.nullcontext()
         # backward inside the capture: gradient checkpointing recomputes the supervised layers
         with sync, run.capture.active(cfg.supervise):
-            loss, logged = micro_step(cfg, batch, positions, run.models, run.capture, acc.device, run.weight_dtype)
+            loss, logged = micro_step(cfg, batch, positions, run.models, run.capture, acc.device)
             check_finite(acc, loss, step, batch, run.plan.folder)
             acc.backward(loss / accumulation)
         run.capture.clear()

@@ -38,16 +38,23 @@ COUNTS = ("captions", "examples", "rejected", "input_nouns", "supervised_nouns",
           "heldout_examples", "heldout_supervised_nouns")
 
 
+def _is_xl(cfg: TrainConfig) -> bool:
+    from pipeline.models.stable_diffusion import is_sdxl
+
+    return is_sdxl(cfg.pretrained) or (cfg.expect is not None and cfg.expect.family == "sdxl")
+
+
 def usage(cfg: TrainConfig, folder: str) -> str:
-    """The lines that load the trained weights onto the base pipeline."""
+    """The lines that load the trained weights onto the base pipeline (SDXL's pipeline class for SDXL)."""
+    cls = "StableDiffusionXLPipeline" if _is_xl(cfg) else "StableDiffusionPipeline"
     if cfg.adapter == "lora":
-        return ("```python\nfrom diffusers import StableDiffusionPipeline\n\n"
-                f'pipe = StableDiffusionPipeline.from_pretrained("{cfg.pretrained}")\n'
+        return (f"```python\nfrom diffusers import {cls}\n\n"
+                f'pipe = {cls}.from_pretrained("{cfg.pretrained}")\n'
                 f'pipe.load_lora_weights("{folder}")  # pytorch_lora_weights.safetensors\n'
                 'image = pipe("a photo of a cat and a dog").images[0]\n```')
-    return ("```python\nfrom diffusers import StableDiffusionPipeline, UNet2DConditionModel\n\n"
+    return (f"```python\nfrom diffusers import {cls}, UNet2DConditionModel\n\n"
             f'unet = UNet2DConditionModel.from_pretrained("{folder}")\n'
-            f'pipe = StableDiffusionPipeline.from_pretrained("{cfg.pretrained}", unet=unet)\n'
+            f'pipe = {cls}.from_pretrained("{cfg.pretrained}", unet=unet)\n'
             'image = pipe("a photo of a cat and a dog").images[0]\n```')
 
 
@@ -123,9 +130,12 @@ def write_model_card(folder: str | Path, cfg: TrainConfig, summary: dict[str, An
 
     folder = Path(folder)
     pictures = [p for p in ("heatmap.png", "samples.png") if (folder / p).is_file()]
-    tags = ["stable-diffusion", "text-to-image", "diffusers-training", "tokencompose"]
+    xl = _is_xl(cfg)
+    tags = ["stable-diffusion-xl" if xl else "stable-diffusion", "text-to-image", "diffusers-training", "tokencompose"]
     tags += ["lora"] if cfg.adapter == "lora" else []
-    data = ModelCardData(base_model=cfg.pretrained, license="creativeml-openrail-m", inference=True)
+    # the base models' licences: SD1.x/2.x CreativeML OpenRAIL-M, SDXL base 1.0 CreativeML OpenRAIL++-M
+    data = ModelCardData(base_model=cfg.pretrained, license="openrail++" if xl else "creativeml-openrail-m",
+                         inference=True)
     card = ModelCard.from_template(data, template_str=TEMPLATE,
                                    body=card_body(cfg, summary, dataset, str(folder), pictures, metrics))
     card = populate_model_card(card, tags=tags)

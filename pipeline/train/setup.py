@@ -17,6 +17,7 @@ import torch
 from pipeline.core.code import code_digest
 from pipeline.core.devices import resolve_device
 from pipeline.core.digests import on_main_process
+from pipeline.models.conditioning import TextConditioner
 from pipeline.models.stable_diffusion import load_sd_components, vae_scale_factor
 from pipeline.train.adapter import check_lora_targets, prepare_trainable
 from pipeline.train.attention import layer_resolutions
@@ -32,9 +33,10 @@ WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfl
 
 @dataclass
 class Models:
-    """The pipeline parts training uses; VAE and text encoder frozen on the device.
+    """The pipeline parts training uses; VAE and text encoder(s) frozen on the device.
 
     ``trainable``: the parameters the optimizer updates (the UNet's, or its LoRA's).
+    SDXL: ``tokenizer_2`` and ``text_encoder_2`` too (None otherwise).
     """
 
     unet: Any
@@ -43,6 +45,13 @@ class Models:
     scheduler: Any
     tokenizer: Any
     trainable: list = field(default_factory=list)
+    tokenizer_2: Any = None
+    text_encoder_2: Any = None
+
+    @property
+    def text(self) -> TextConditioner:
+        """The batch -> ``(hidden, added_cond_kwargs)`` of these text encoders."""
+        return TextConditioner(self.text_encoder, self.text_encoder_2)
 
 
 @dataclass
@@ -89,16 +98,21 @@ def identify_run(cfg: TrainConfig, accelerator, captions_path, nouns_path) -> tu
 
 
 def load_models(cfg: TrainConfig, accelerator) -> tuple[Models, torch.dtype]:
-    """The pretrained parts; VAE and text encoder frozen, in the mixed-precision dtype, on the device;
-    the UNet ready to train (``adapter.prepare_trainable``: whole, or frozen with a LoRA)."""
+    """The pretrained parts; VAE and text encoder(s) frozen, in the mixed-precision dtype, on the device
+    (SDXL's VAE, ``force_upcast`` in its config, stays fp32 under fp16, as diffusers' SDXL script
+    and pipeline: it overflows in fp16); the UNet ready to train (``adapter.prepare_trainable``)."""
     check_lora_targets(cfg)  # a target the UNet lacks stops the run before any weight loads
     parts = load_sd_components(cfg.pretrained, revision=cfg.revision, expect=cfg.expect)
     dtype = WEIGHT_DTYPES[cfg.mixed_precision]
-    for frozen in (parts.vae, parts.text_encoder):
-        frozen.requires_grad_(False).eval()
-        frozen.to(accelerator.device) if dtype == torch.float32 else frozen.to(accelerator.device, dtype)
+    upcast = parts.sdxl and dtype == torch.float16 and parts.vae.config.get("force_upcast", True)
+    vae_dtype = torch.float32 if upcast else dtype
+    for frozen, to in ((parts.vae, vae_dtype), (parts.text_encoder, dtype), (parts.text_encoder_2, dtype)):
+        if frozen is not None:
+            frozen.requires_grad_(False).eval()
+            frozen.to(accelerator.device) if to == torch.float32 else frozen.to(accelerator.device, to)
     trainable = prepare_trainable(parts.unet, cfg, accelerator.device, dtype)
-    models = Models(parts.unet, parts.vae, parts.text_encoder, parts.noise_scheduler, parts.tokenizer, trainable)
+    models = Models(parts.unet, parts.vae, parts.text_encoder, parts.noise_scheduler, parts.tokenizer, trainable,
+                    parts.tokenizer_2, parts.text_encoder_2)
     return models, dtype
 
 
@@ -110,22 +124,24 @@ def load_data(cfg: TrainConfig, models: Models, captions_path, nouns_path) -> Tr
     examples, rejects, summary = build_examples(captions_path, nouns_path, cfg.masks, tokenizer=models.tokenizer,
                                                 coverage=coverage)
     examples, heldout = split_holdout(examples, cfg.holdout_images, cfg.seed)
-    dataset = TokenComposeDataset(examples, models.tokenizer, cfg.resolution, resolutions)
-    heldout_set = TokenComposeDataset(heldout, models.tokenizer, cfg.resolution, resolutions) if heldout else None
+    dataset = TokenComposeDataset(examples, models.tokenizer, cfg.resolution, resolutions,
+                                  tokenizer_2=models.tokenizer_2)
+    heldout_set = (TokenComposeDataset(heldout, models.tokenizer, cfg.resolution, resolutions,
+                                       tokenizer_2=models.tokenizer_2) if heldout else None)
     data = TrainData(examples, heldout, rejects, summary, dataset, heldout_set, resolutions)
     if heldout and not data.heldout_nouns:
         log.warning("no held-out caption has a supervised noun: the held-out attention share is not measured")
     return data
 
 
-def attach_latent_cache(cfg: TrainConfig, data: TrainData, models: Models, accelerator, dtype: torch.dtype) -> None:
+def attach_latent_cache(cfg: TrainConfig, data: TrainData, models: Models, accelerator) -> None:
     """``train.cache_latents``: the main process encodes the images not cached yet; every process then
     trains from the cache (``latent_cache``). Held-out grounding and heatmaps keep the images."""
     from pipeline.train.latent_cache import CachedLatentsDataset, LatentCache, cache_folder, collate_cached, fill_cache
 
-    folder = cache_folder(cfg.out_dir, cfg.pretrained, cfg.resolution, dtype)
+    folder = cache_folder(cfg.out_dir, cfg.pretrained, cfg.resolution, models.vae.dtype)
     if accelerator.is_main_process:
-        fill_cache(folder, data.dataset, models.vae, accelerator.device, dtype)
+        fill_cache(folder, data.dataset, models.vae, accelerator.device, models.vae.dtype)
     accelerator.wait_for_everyone()
     data.loader_set = CachedLatentsDataset(data.dataset, LatentCache.read(folder))
     data.collate_fn = collate_cached

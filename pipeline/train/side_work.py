@@ -47,7 +47,7 @@ def _gather(accelerator, obj: Any) -> list[Any]:
 class SideWork:
     """Heatmaps of a few fixed training captions and the held-out attention share, on every process.
 
-    models: ``unet`` (unwrapped), ``vae``, ``text_encoder``, ``scheduler``; capture: the training
+    models: ``unet`` (unwrapped), ``vae``, ``text`` (a ``TextConditioner``), ``scheduler``; capture: the training
     :class:`AttentionCapture`; heat_indices: dataset indices drawn at every heatmap step.
     """
 
@@ -58,7 +58,6 @@ class SideWork:
     dataset: Any
     heldout_set: Any | None
     resolutions: list[int]
-    weight_dtype: torch.dtype
     heat_indices: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -79,7 +78,7 @@ class SideWork:
         cfg, m = self.cfg, self.models
 
         def local() -> torch.Tensor:
-            totals = grounding_totals(m.unet, m.vae, m.text_encoder, self.heldout_set,
+            totals = grounding_totals(m.unet, m.vae, m.text, self.heldout_set,
                                       self._mine(list(range(len(self.heldout_set)))), cfg.attn_blocks,
                                       seed=cfg.seed, scheduler=m.scheduler)
             return totals.to_tensor(self.resolutions)
@@ -108,14 +107,14 @@ class SideWork:
         item = self.dataset[idx]
         device = unet.device
         # fixed draws at position -(idx + 1): independent of the training stream
-        noisy, _, _, text = encode_batch(collate([item]), [-(idx + 1)], self.cfg.seed, m.vae, m.text_encoder,
-                                         m.scheduler, device, self.weight_dtype)
+        noisy, _, _, (hidden, added) = encode_batch(collate([item]), [-(idx + 1)], self.cfg.seed, m.vae, m.text,
+                                                    m.scheduler, device)
         t = torch.full((1,), m.scheduler.config.num_train_timesteps // 2, device=device, dtype=torch.long)
         was_training = unet.training
         unet.eval()
         try:
             with self.capture.active(True):
-                unet(noisy, t, text)
+                unet(noisy, t, hidden, added_cond_kwargs=added)
                 maps = {r: a[0] for r, a in average_maps(self.capture.groups(), device="cpu").items()}
         finally:
             self.capture.clear()

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
+from pipeline.models.conditioning import TextConditioner
 from pipeline.train.config import TrainConfig
 from pipeline.train.losses import grounding_losses, total_loss
 from pipeline.train.order import seeded_generator
@@ -41,13 +42,13 @@ def _draws(dist, positions: list[int], seed: int, num_timesteps: int, device):
 
 
 @torch.no_grad()
-def encode_batch(batch: dict, positions: list[int], seed: int, vae, text_encoder, scheduler, device,
-                 weight_dtype: torch.dtype):
-    """``(noisy, target, t, text)`` of a micro-batch: (B, C, h, w), (B, C, h, w), [B], (B, 77, D)."""
+def encode_batch(batch: dict, positions: list[int], seed: int, vae, text: TextConditioner, scheduler, device):
+    """``(noisy, target, t, cond)`` of a micro-batch: (B, C, h, w), (B, C, h, w), [B], and
+    ``cond = (hidden (B, 77, D), added_cond_kwargs or None)`` (``TextConditioner``)."""
     if "latent_mean" in batch:  # train.cache_latents: the posterior of each image, encoded once
         dist = SimpleNamespace(mean=batch["latent_mean"].to(device), std=batch["latent_std"].to(device))
-    else:
-        dist = vae.encode(batch["pixel_values"].to(device, dtype=weight_dtype)).latent_dist
+    else:  # in the VAE's dtype: SDXL's VAE stays fp32 under fp16 (force_upcast)
+        dist = vae.encode(batch["pixel_values"].to(device, dtype=vae.dtype)).latent_dist
     latents, noise, timesteps = _draws(dist, positions, seed, scheduler.config.num_train_timesteps, device)
     latents = latents * vae.config.scaling_factor
     t = torch.tensor(timesteps, device=device, dtype=torch.long)
@@ -58,20 +59,19 @@ def encode_batch(batch: dict, positions: list[int], seed: int, vae, text_encoder
         target = scheduler.get_velocity(latents, noise, t)
     else:
         raise ValueError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
-    text = text_encoder(batch["input_ids"].to(device))[0]
-    return noisy, target, t, text
+    return noisy, target, t, text(batch, device)
 
 
-def micro_step(cfg: TrainConfig, batch: dict, positions: list[int], models, capture, device,
-               weight_dtype: torch.dtype) -> tuple[torch.Tensor, dict[str, float]]:
+def micro_step(cfg: TrainConfig, batch: dict, positions: list[int], models, capture, device
+               ) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of one micro-batch (a scalar with its graph) and its parts as floats.
 
-    ``models``: an object with ``unet``, ``vae``, ``text_encoder`` and ``scheduler``; the
-    capture must be active when ``cfg.supervise``.
+    ``models``: an object with ``unet``, ``vae``, ``text`` (a ``TextConditioner``) and ``scheduler``;
+    the capture must be active when ``cfg.supervise``.
     """
-    noisy, target, t, text = encode_batch(batch, positions, cfg.seed, models.vae, models.text_encoder,
-                                          models.scheduler, device, weight_dtype)
-    pred = models.unet(noisy, t, text).sample
+    noisy, target, t, (hidden, added) = encode_batch(batch, positions, cfg.seed, models.vae, models.text,
+                                                     models.scheduler, device)
+    pred = models.unet(noisy, t, hidden, added_cond_kwargs=added).sample
     groups = capture.groups() if cfg.supervise else {}
     ldm = ldm_loss_per_example(pred, target)
     if not torch.isfinite(ldm).all():  # diverged: reported by check_finite before BCE rejects NaN inputs

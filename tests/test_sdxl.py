@@ -1,0 +1,214 @@
+"""Stable Diffusion XL: its layout facts, its conditioning, the family check, and the stages on the tiny SDXL."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from stagerun import run_stage
+
+from pipeline.models.conditioning import TextConditioner
+from pipeline.models.sdxl import add_time_ids, build_tiny_sdxl, encode_sdxl_text
+from pipeline.models.stable_diffusion import (
+    SDExpectation,
+    build_tiny_sd,
+    check_sd_architecture,
+    load_sd_components,
+    load_sd_pipeline,
+    sdxl_marks,
+)
+
+SD = SDExpectation(cross_attention_dim=32, prediction_type="epsilon")
+XL = SDExpectation(cross_attention_dim=64, prediction_type="epsilon", family="sdxl")
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory) -> Path:
+    return build_tiny_sd(tmp_path_factory.mktemp("sd") / "sd", seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(tmp_path_factory) -> Path:
+    return build_tiny_sdxl(tmp_path_factory.mktemp("sdxl") / "sdxl", seed=0)
+
+
+def no_weights(monkeypatch):
+    import diffusers
+
+    monkeypatch.setattr(diffusers.UNet2DConditionModel, "from_pretrained",
+                        classmethod(lambda *a, **k: pytest.fail("loaded weights before the check")))
+
+
+def test_the_family_check_names_the_folder_before_any_weight_loads(tiny_sd: Path, tiny_sdxl: Path, monkeypatch):
+    no_weights(monkeypatch)
+    with pytest.raises(ValueError, match=r"sdxl: a Stable Diffusion XL folder \(.*model_index.json names "
+                                         r"StableDiffusionXLPipeline.*text_encoder_2.*text_time.*expects SD1.x/2.x"):
+        load_sd_components(tiny_sdxl, expect=SD)
+    with pytest.raises(ValueError, match=r"sd: the profile expects Stable Diffusion XL \(family sdxl\); the folder "
+                                         r"is SD1.x/2.x"):
+        load_sd_components(tiny_sd, expect=XL)
+    with pytest.raises(ValueError, match=r"sdxl/unet/config.json: an SDXL UNet .*is a Stable Diffusion 1.x/2.x"):
+        check_sd_architecture(tiny_sd, SD, (tiny_sdxl / "unet",))
+    with pytest.raises(ValueError, match=r"sd/unet/config.json: a Stable Diffusion 1.x/2.x UNet; .* an SDXL"):
+        check_sd_architecture(tiny_sdxl, XL, (tiny_sd / "unet",))
+    with pytest.raises(ValueError, match="found cross_attention_dim 64"):
+        load_sd_pipeline(str(tiny_sdxl), None, "cpu", expect=SDExpectation(2048, "epsilon", "sdxl"))
+    assert "Stable Diffusion XL" in SD.describe((2048, "epsilon"))
+    broken = Path(shutil.copytree(tiny_sdxl, tiny_sdxl.parent / "no-tokenizer-2"))
+    shutil.rmtree(broken / "tokenizer_2")
+    with pytest.raises(FileNotFoundError, match=r"no-tokenizer-2: an SDXL folder .* without \['tokenizer_2'\]"):
+        load_sd_components(broken, expect=XL)
+
+
+def test_sdxl_supervised_groups_at_1024_px_are_40_layers_at_32_and_6_at_64():
+    from pipeline.models.sdxl import SDXL_RESOLUTION, VAE_FACTOR, meta_unet
+    from pipeline.train.attention import layer_resolutions
+
+    sides = layer_resolutions(meta_unet(), SDXL_RESOLUTION // VAE_FACTOR, ("mid", "up"))
+    groups: dict[int, list[str]] = {}
+    for name, side in sides.items():
+        groups.setdefault(side, []).append(name)
+    assert {side: len(names) for side, names in groups.items()} == {32: 40, 64: 6}
+    assert sum(n.startswith("mid_block.") for n in groups[32]) == 10
+    assert {n.split(".")[0] + "." + n.split(".")[1] for n in groups[32] if n.startswith("up")} == {"up_blocks.0"}
+    assert {n.split(".")[1] for n in groups[64]} == {"1"}
+    assert not [n for n in layer_resolutions(meta_unet(), 128, ("down",)) if n.startswith("down_blocks.0.")]
+
+
+def test_token_positions_of_the_vit_l_tokenizer_hold_for_openclip_bigg_on_coco_mini(coco_mini: Path, tmp_path: Path):
+    """SDXL's two tokenizers agree on every position up to the end token; only the padding differs."""
+    from pipeline.models.clip_tokenizer import build_clip_tokenizer, load_clip_tokenizer
+    from pipeline.models.sdxl import bigg_position_mismatches
+
+    captions = [a["caption"] for a in json.loads((coco_mini / "annotations/captions_train2017.json").read_text())
+                ["annotations"]]
+    tokenizer = load_clip_tokenizer(build_clip_tokenizer(tmp_path / "tok", save_fast=False))
+    assert len(captions) >= 20
+    assert bigg_position_mismatches(tokenizer, captions) == []
+    assert bigg_position_mismatches(tokenizer, ["a cat"]) == []  # padding: 49407 (ViT-L) against 0 (bigG), both fine
+
+
+def test_the_loaded_sdxl_conditions_as_its_pipeline_does(tiny_sdxl: Path):
+    from diffusers import StableDiffusionXLPipeline
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    assert len(sdxl_marks(tiny_sdxl)) == 4
+    parts = load_sd_components(tiny_sdxl, expect=XL)
+    assert parts.sdxl and parts.tokenizer_2.pad_token_id == 0 and parts.tokenizer.pad_token_id == 49407
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl)
+    caption = "a teddy bear next to an apple"
+    ids = [t(caption, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+           for t in (parts.tokenizer, parts.tokenizer_2)]
+    time_ids = torch.tensor([add_time_ids(640, 480, 64)], dtype=torch.float32)
+    with torch.no_grad():
+        embeds, pooled = encode_sdxl_text([pipe.text_encoder, pipe.text_encoder_2], ids)
+        want, _, want_pooled, _ = pipe.encode_prompt(caption, device="cpu", do_classifier_free_guidance=False)
+        hidden, added = TextConditioner.of(parts)({"input_ids": ids[0], "input_ids_2": ids[1], "time_ids": time_ids},
+                                                  "cpu")
+    assert embeds.shape == (1, 77, 64) and pooled.shape == (1, 32)
+    torch.testing.assert_close(embeds, want)
+    torch.testing.assert_close(pooled, want_pooled)
+    torch.testing.assert_close(hidden, want)
+    torch.testing.assert_close(added["text_embeds"], want_pooled)
+    with pytest.raises(KeyError, match="input_ids_2"):
+        TextConditioner.of(parts)({"input_ids": ids[0]}, "cpu")
+    # add_time_ids as diffusers' SDXL script: original (h, w), the centre crop's (top, left), (R, R)
+    resized = TF.resize(Image.new("RGB", (640, 480)), 512)
+    assert resized.size == (682, 512)
+    assert add_time_ids(640, 480, 512) == [480, 640, 0, 85, 512, 512]
+    assert add_time_ids(480, 640, 512) == [640, 480, 85, 0, 512, 512]
+
+
+def test_dataset_items_carry_sdxl_ids_and_time_ids_with_and_without_cached_latents(tiny_sdxl: Path, coco_mini: Path,
+                                                                                   tmp_path: Path):
+    """``time_ids`` of an item are diffusers' (original size, centre-crop offsets, R); the cached dataset,
+    which opens no image, computes the same; ``input_ids_2`` pads with OpenCLIP's "!"."""
+    from PIL import Image
+
+    from pipeline.train.dataset import Example, TokenComposeDataset, collate
+    from pipeline.train.latent_cache import CachedLatentsDataset, fill_cache
+
+    parts = load_sd_components(tiny_sdxl, expect=XL)
+    images = sorted((coco_mini / "train2017").glob("*.jpg"))[:3]
+    examples = []
+    for i, path in enumerate(images):
+        w, h = Image.open(path).size
+        examples.append(Example(caption_id=i, image_id=i, image_path=str(path), caption="a dog on a couch", width=w,
+                                height=h, nouns=()))
+    dataset = TokenComposeDataset(examples, parts.tokenizer, 64, [4, 8], tokenizer_2=parts.tokenizer_2)
+    cache = fill_cache(tmp_path / "latents", dataset, parts.vae, "cpu", torch.float32)
+    cached = CachedLatentsDataset(dataset, cache)
+    for i, ex in enumerate(examples):
+        item, fast = dataset[i], cached[i]
+        assert item["time_ids"].tolist() == add_time_ids(ex.width, ex.height, 64)
+        assert torch.equal(fast["time_ids"], item["time_ids"]) and torch.equal(fast["input_ids_2"], item["input_ids_2"])
+        end = item["input_ids"].tolist().index(49407)
+        assert torch.equal(item["input_ids_2"][:end + 1], item["input_ids"][:end + 1])
+        assert set(item["input_ids_2"][end + 1:].tolist()) == {0}
+    batch = collate([dataset[0], dataset[1]])
+    assert batch["input_ids_2"].shape == (2, 77) and batch["time_ids"].shape == (2, 6)
+
+
+def sdxl_ws(src: Path, dst: Path, **train) -> Path:
+    """The demo workspace's data and models (linked) with train and evaluate on the tiny SDXL."""
+    dst.mkdir(parents=True)
+    for name in ("data/demo", "data/captions", "data/nouns", "data/reference_masks", "models"):
+        (dst / name).parent.mkdir(parents=True, exist_ok=True)
+        (dst / name).symlink_to(src / name)
+    params = yaml.safe_load((src / "params.yaml").read_text())
+    xl = {"pretrained": "models/tiny/sdxl", "expect": {"cross_attention_dim": 64, "prediction_type": "epsilon",
+                                                      "family": "sdxl"}}
+    params["train"].update(xl, masks="data/reference_masks/masks", max_train_steps=2, global_batch_size=2,
+                           train_batch_size=2, checkpointing_steps=1, heatmap_steps=1, heatmap_captions=2,
+                           holdout_images=2, card_samples=1, card_sample_steps=2, **train)
+    ev = params["evaluate"]
+    ev.update(xl, models={"tokencompose": "data/train/unet"})
+    ev["generation"].update(steps=2)
+    ev["multigen"].update(num_prompts=2, images_per_prompt=1, heatmap_prompts=1)
+    ev["object_accuracy"].update(num_prompts=2)
+    ev["fid"].update(num_images=4)
+    ev["attention"].update(holdout_images=2)
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return dst
+
+
+def test_train_and_evaluate_a_tokencompose_lora_on_the_tiny_sdxl(workspace: Path, tmp_path: Path):
+    """The whole SDXL path on the stage scripts: LoRA, cached latents, bf16, heatmaps, held-out grounding,
+    a checkpoint and its resume, the card; then evaluate with the LoRA on the SDXL pipeline."""
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import load_file
+
+    run_stage(workspace, "stages.reference_masks")
+    ws = sdxl_ws(workspace, tmp_path / "ws", adapter="lora", lora_rank=4, cache_latents=True, mixed_precision="bf16",
+                 learning_rate=1e-2)
+    run_stage(ws, "stages.train")
+    out = ws / "data/train"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["side_work_errors"] == [] and summary["steps"] == 2
+    assert summary["attention_resolutions"] == [4, 8] and summary["supervised_nouns"] > 0
+    assert 0 < summary["final_heldout_attention_share"] < 1 and summary["final_token"] > 0
+    assert any(f.startswith("random_weights") for f in summary["flags"])
+    assert sorted(p.name for p in (out / "unet").iterdir()) == [
+        "README.md", "adapter.json", "heatmap.png", "pytorch_lora_weights.safetensors", "samples.png"]
+    card = (out / "unet/README.md").read_text()
+    assert "StableDiffusionXLPipeline.from_pretrained" in card and "stable-diffusion-xl" in card
+    assert list((out / "latents").rglob("part-*.safetensors"))
+    # a rerun resumes the final checkpoint: nothing to train, the same LoRA
+    lora = load_file(str(out / "unet/pytorch_lora_weights.safetensors"))
+    log = run_stage(ws, "stages.train", "--log-level", "INFO").stderr
+    assert "resuming from" in log
+    again = load_file(str(out / "unet/pytorch_lora_weights.safetensors"))
+    assert all(torch.equal(lora[k], again[k]) for k in lora)
+    # the user's way and evaluate's
+    pipe = StableDiffusionXLPipeline.from_pretrained(ws / "models/tiny/sdxl")
+    pipe.load_lora_weights(out / "unet")
+    run_stage(ws, "stages.evaluate", "--model", "tokencompose")
+    metrics = json.loads((ws / "data/evaluate/tokencompose/metrics.json").read_text())
+    assert metrics["attention"]["pairs"] > 0 and 0 < metrics["attention"]["share"] < 1
+    assert set(metrics["multigen"]) >= {"MG2", "MG5"} and metrics["flagged"] >= 1
+    assert (ws / "data/evaluate/tokencompose/figures/heatmaps.png").is_file()
