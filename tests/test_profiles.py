@@ -145,16 +145,18 @@ def _forbidden_differences(rehearsal: dict, paper: dict) -> list[str]:
     return [k for k in changed if not any(fnmatch.fnmatchcase(k, p) for p in REHEARSAL_MAY_DIFFER)]
 
 
-@pytest.mark.parametrize("variant", ["sd14", "sd21"])
-def test_rehearsal_profile_differs_from_the_paper_only_in_paths_and_counts(variant: str):
+@pytest.mark.parametrize("variant,paper_name", [("sd14", "paper-sd14"), ("sd21", "paper-sd21"),
+                                                ("sdxl", "sdxl-lora")])
+def test_rehearsal_profile_differs_from_the_paper_only_in_paths_and_counts(variant: str, paper_name: str):
     from stages.profiles import resolve
 
-    rehearsal = resolve(REPO / "configs" / f"rehearsal-{variant}.yaml")
-    paper = resolve(REPO / "configs" / f"paper-{variant}.yaml")
+    name = "rehearsal-sdxl-lora" if variant == "sdxl" else f"rehearsal-{variant}"
+    rehearsal = resolve(REPO / "configs" / f"{name}.yaml")
+    paper = resolve(REPO / "configs" / f"{paper_name}.yaml")
     assert _forbidden_differences(rehearsal, paper) == []
     t, p = rehearsal["train"], paper["train"]
     for key in ("resolution", "attn_blocks", "lambda_token", "gamma_pixel", "loss_mode", "learning_rate",
-                "mixed_precision", "global_batch_size", "train_batch_size"):
+                "mixed_precision", "global_batch_size", "train_batch_size", "adapter", "lora_rank", "expect"):
         assert t[key] == p[key], key
     assert t["global_batch_size"] == 4 and t["max_train_steps"] >= 2
     assert rehearsal["ground"]["box_threshold"] == paper["ground"]["box_threshold"]

@@ -178,14 +178,15 @@ def sdxl_ws(src: Path, dst: Path, **train) -> Path:
 
 
 def test_train_and_evaluate_a_tokencompose_lora_on_the_tiny_sdxl(workspace: Path, tmp_path: Path):
-    """The whole SDXL path on the stage scripts: LoRA, cached latents, bf16, heatmaps, held-out grounding,
+    """The whole SDXL path on the stage scripts: LoRA, cached latents and text, bf16, heatmaps, held-out grounding,
     a checkpoint and its resume, the card; then evaluate with the LoRA on the SDXL pipeline."""
     from diffusers import StableDiffusionXLPipeline
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     run_stage(workspace, "stages.reference_masks")
-    ws = sdxl_ws(workspace, tmp_path / "ws", adapter="lora", lora_rank=4, cache_latents=True, mixed_precision="bf16",
-                 learning_rate=1e-2)
+    ws = sdxl_ws(workspace, tmp_path / "ws", adapter="lora", lora_rank=4, cache_latents=True, cache_text=True,
+                 mixed_precision="bf16", learning_rate=1e-2)
     run_stage(ws, "stages.train")
     out = ws / "data/train"
     summary = json.loads((out / "summary.json").read_text())
@@ -198,6 +199,10 @@ def test_train_and_evaluate_a_tokencompose_lora_on_the_tiny_sdxl(workspace: Path
     card = (out / "unet/README.md").read_text()
     assert "StableDiffusionXLPipeline.from_pretrained" in card and "stable-diffusion-xl" in card
     assert list((out / "latents").rglob("part-*.safetensors"))
+    with safe_open(str(next((out / "text").rglob("part-*.safetensors"))), "pt") as f:
+        rows = len(json.loads(f.metadata()["captions"]))
+        assert f.get_tensor("hidden").shape == (rows, 77, 64) and f.get_tensor("pooled").shape == (rows, 32)
+        assert f.get_tensor("hidden").dtype == torch.bfloat16
     # a rerun resumes the final checkpoint: nothing to train, the same LoRA
     lora = load_file(str(out / "unet/pytorch_lora_weights.safetensors"))
     log = run_stage(ws, "stages.train", "--log-level", "INFO").stderr
@@ -212,3 +217,21 @@ def test_train_and_evaluate_a_tokencompose_lora_on_the_tiny_sdxl(workspace: Path
     assert metrics["attention"]["pairs"] > 0 and 0 < metrics["attention"]["share"] < 1
     assert set(metrics["multigen"]) >= {"MG2", "MG5"} and metrics["flagged"] >= 1
     assert (ws / "data/evaluate/tokencompose/figures/heatmaps.png").is_file()
+
+
+def test_the_sdxl_lora_profile_is_the_paper_recipe_on_sdxl_with_a_lora():
+    from stages.profiles import resolve
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    paper, xl = resolve(configs / "paper-sd14.yaml"), resolve(configs / "sdxl-lora.yaml")
+    assert {k for k in paper if paper[k] != xl[k]} == {"train", "evaluate"}
+    t = xl["train"]
+    changed = {k for k in t if t[k] != paper["train"].get(k)}
+    assert changed == {"pretrained", "expect", "resolution", "adapter", "lora_rank", "lora_alpha", "learning_rate",
+                       "mixed_precision", "cache_latents", "cache_text"}
+    assert (t["lambda_token"], t["gamma_pixel"], t["global_batch_size"]) == (1e-3, 5e-5, 4)
+    assert (t["lora_rank"], t["mixed_precision"], t["resolution"]) == (128, "bf16", 1024)
+    g = xl["evaluate"]["generation"]
+    assert (g["steps"], g["guidance_scale"], g["resolution"]) == (50, 5.0, 1024)
+    assert t["expect"] == xl["evaluate"]["expect"] == {"cross_attention_dim": 2048, "prediction_type": "epsilon",
+                                                       "family": "sdxl"}

@@ -419,15 +419,16 @@ def test_lora_trains_checkpoints_its_adapter_resumes_and_loads_into_the_pipeline
     assert model_digest(str(base), str(out / "unet")) != model_digest(str(base), str(base / "unet"))
 
 
-def test_cached_latents_give_the_same_losses_and_weights(train_ws: Path, tmp_path: Path):
+def test_cached_latents_and_text_give_the_same_losses_and_weights(train_ws: Path, tmp_path: Path):
     """``train.cache_latents``: the posterior's mean and std of each image, encoded once; the draws per
-    (seed, step, position) unchanged. Micro-batches of 1: bit for bit the same training."""
+    (seed, step, position) unchanged. ``train.cache_text``: each caption's conditioning, encoded once.
+    Micro-batches of 1: bit for bit the same training."""
     from safetensors import safe_open
 
     runs = {}
     for cache in (False, True):
         ws = make_train_ws(train_ws, tmp_path / f"cache{int(cache)}", max_train_steps=2, train_batch_size=1,
-                           checkpointing_steps=2, heatmap_steps=2, cache_latents=cache)
+                           checkpointing_steps=2, heatmap_steps=2, cache_latents=cache, cache_text=cache)
         run_stage(ws, "stages.train")
         runs[cache] = ws
     curves = [(ws / "data/train/dvclive/plots/metrics/loss/total.tsv").read_text() for ws in runs.values()]
@@ -441,5 +442,10 @@ def test_cached_latents_give_the_same_losses_and_weights(train_ws: Path, tmp_pat
         mean, std = f.get_tensor("mean"), f.get_tensor("std")
     assert len(shards) == 1 and len(images) == summary["train_examples"] // 2  # the demo: 2 captions per image
     assert mean.shape == std.shape == (len(images), 4, 16, 16) and mean.dtype == torch.float32 and (std > 0).all()
+    texts = sorted((runs[True] / "data/train/text").glob("*/part-*.safetensors"))
+    with safe_open(str(texts[0]), "pt") as f:
+        captions = json.loads(f.metadata()["captions"])
+        assert f.get_tensor("hidden").shape == (len(captions), 77, 32) and "pooled" not in f.keys()
+    assert len(texts) == 1 and len(captions) == len({c for c, in captions}) >= summary["train_examples"] // 2
     # the settings are the same run: a cached rerun resumes the uncached run's checkpoint
     assert summary["run"] == json.loads((runs[False] / "data/train/summary.json").read_text())["run"]

@@ -44,7 +44,16 @@ class TextConditioner:
     @torch.no_grad()
     def __call__(self, batch: dict, device, dtype: torch.dtype | None = None
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-        """``hidden (B, 77, D)`` and ``added_cond_kwargs`` (None for SD1.x/2.x), cast to ``dtype`` if given."""
+        """``hidden (B, 77, D)`` and ``added_cond_kwargs`` (None for SD1.x/2.x), cast to ``dtype`` if given.
+
+        A batch with ``text_hidden`` (and SDXL's ``text_pooled``), from ``train.cache_text``, is used as it is.
+        """
+        if "text_hidden" in batch:
+            hidden = batch["text_hidden"].to(device=device, dtype=dtype)
+            if not self.sdxl:
+                return hidden, None
+            return hidden, {"text_embeds": batch["text_pooled"].to(device, hidden.dtype),
+                            "time_ids": batch["time_ids"].to(device, hidden.dtype)}
         if not self.sdxl:
             hidden = self.text_encoder(batch["input_ids"].to(device))[0]
             return (hidden if dtype is None else hidden.to(dtype)), None

@@ -56,6 +56,7 @@ class TrainConfig:
     card_samples: int = 4                      # captions drawn with the trained weights for the model card (0: none)
     card_sample_steps: int = 25                # their sampling steps (guidance 7.5)
     cache_latents: bool = False                # encode each image once (the VAE posterior's mean and std)
+    cache_text: bool = False                   # encode each caption once (the text encoders are frozen)
     adapter: Literal["full", "lora"] = "full"  # full: the whole UNet trains (paper); lora: a peft LoRA on it
     lora_rank: int = 4                         # LoRA settings: used with adapter: lora (checked always)
     lora_alpha: float = 4.0                    # scale alpha / rank (diffusers' script: alpha = rank)
@@ -109,7 +110,7 @@ class TrainConfig:
 #: settings that do not change what is trained: they may differ between a run and its resume
 RESUMABLE = ("train_batch_size", "max_train_steps", "gradient_checkpointing", "checkpointing_steps",
              "checkpoints_total_limit", "resume", "heatmap_steps", "heatmap_captions", "num_workers",
-             "checkpoint_optimizer", "expect", "device", "out_dir", "cache_latents",
+             "checkpoint_optimizer", "expect", "device", "out_dir", "cache_latents", "cache_text",
              "card_samples", "card_sample_steps")
 
 

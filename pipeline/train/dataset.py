@@ -615,10 +615,14 @@ class TokenComposeDataset(Dataset):
         }
 
 
+#: stacked when the items have them: SDXL's second ids and time ids, ``train.cache_text``'s conditioning
+OPTIONAL_KEYS = ("input_ids_2", "time_ids", "text_hidden", "text_pooled")
+
+
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Pad a list of dataset items into a batch.
 
-    Returns pixel_values ``(B, 3, R, R)``, input_ids ``(B, 77)`` (and input_ids_2, time_ids ``(B, 6)``
+    Returns pixel_values ``(B, 3, R, R)``, input_ids ``(B, 77)`` (and :data:`OPTIONAL_KEYS` stacked
     when the items have them), token_indices ``(B, N, T)``
     long (padding 0), token_valid ``(B, N, T)`` bool, noun_valid ``(B, N)`` bool,
     noun_ids ``(B, N)`` long (padding -1), masks ``{r: (B, N, r, r)}`` float (padding 0),
@@ -658,5 +662,5 @@ def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "noun_ids": noun_ids,
         "masks": masks,
         "caption_ids": torch.tensor([item["caption_id"] for item in batch], dtype=torch.long),
-        **{k: torch.stack([item[k] for item in batch]) for k in ("input_ids_2", "time_ids") if k in batch[0]},
+        **{k: torch.stack([item[k] for item in batch]) for k in OPTIONAL_KEYS if k in batch[0]},
     }

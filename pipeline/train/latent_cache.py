@@ -22,23 +22,18 @@ digest) or a new one is encoded again into a new shard; shards are read lazily (
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from pipeline.core.config import fingerprint
 from pipeline.core.shards import file_digest
 from pipeline.train.dataset import TokenComposeDataset, collate, noun_masks
+from pipeline.train.tensor_shards import ShardStore
 
 log = logging.getLogger(__name__)
-
-SHARD_IMAGES = 256
 
 
 def cache_folder(out_dir: str | Path, pretrained: str, resolution: int, dtype: torch.dtype) -> Path:
@@ -48,35 +43,15 @@ def cache_folder(out_dir: str | Path, pretrained: str, resolution: int, dtype: t
     return Path(out_dir) / "latents" / fingerprint(vae_id, resolution, str(dtype), "center-crop")
 
 
-@dataclass
-class LatentCache:
-    """Where each image's cached posterior lives: ``index[(path, digest)] = (shard file, row)``."""
-
-    folder: Path
-    index: dict[tuple[str, str], tuple[Path, int]]
-
-    @classmethod
-    def read(cls, folder: str | Path) -> LatentCache:
-        folder = Path(folder)
-        index: dict[tuple[str, str], tuple[Path, int]] = {}
-        for shard in sorted(folder.glob("part-*.safetensors")):
-            with safe_open(str(shard), "pt") as f:
-                images = json.loads(f.metadata()["images"])
-            for row, (path, digest) in enumerate(images):
-                index[(path, digest)] = (shard, row)
-        return cls(folder, index)
-
-    def get(self, path: str, digest: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mean, std)`` of one image, each ``(C, h, w)``."""
-        shard, row = self.index[(path, digest)]
-        with safe_open(str(shard), "pt") as f:
-            return f.get_slice("mean")[row:row + 1][0], f.get_slice("std")[row:row + 1][0]
+def read_cache(folder: str | Path) -> ShardStore:
+    """The latent cache in ``folder``: rows keyed by ``(image path, file digest)``."""
+    return ShardStore.read(folder, "images")
 
 
 @torch.no_grad()
-def fill_cache(folder: str | Path, dataset: TokenComposeDataset, vae, device, dtype: torch.dtype) -> LatentCache:
+def fill_cache(folder: str | Path, dataset: TokenComposeDataset, vae, device, dtype: torch.dtype) -> ShardStore:
     """Encode every image of ``dataset`` not in the cache yet (one at a time) and write new shards."""
-    cache = LatentCache.read(folder)
+    cache = read_cache(folder)
     todo: dict[tuple[str, str], int] = {}
     for i, ex in enumerate(dataset.examples):
         key = (str(ex.image_path), file_digest(ex.image_path))
@@ -85,23 +60,12 @@ def fill_cache(folder: str | Path, dataset: TokenComposeDataset, vae, device, dt
     if not todo:
         return cache
     log.info("caching the VAE posteriors of %d image(s) in %s", len(todo), cache.folder)
-    first = len(list(cache.folder.glob("part-*.safetensors")))
-    keys = list(todo)
-    for n, start in enumerate(range(0, len(keys), SHARD_IMAGES)):
-        part = keys[start:start + SHARD_IMAGES]
-        means, stds = [], []
-        for key in part:
-            pixels = dataset[todo[key]]["pixel_values"][None].to(device, dtype=dtype)
-            dist = vae.encode(pixels).latent_dist
-            means.append(dist.mean[0].to("cpu"))
-            stds.append(dist.std[0].to("cpu"))
-        cache.folder.mkdir(parents=True, exist_ok=True)
-        shard = cache.folder / f"part-{first + n:05d}.safetensors"
-        tmp = shard.with_name(f".{shard.name}.tmp")
-        save_file({"mean": torch.stack(means).contiguous(), "std": torch.stack(stds).contiguous()}, str(tmp),
-                  metadata={"images": json.dumps([list(k) for k in part])})
-        tmp.rename(shard)
-    return LatentCache.read(folder)
+
+    def posterior(key: tuple[str, str]) -> dict[str, torch.Tensor]:
+        dist = vae.encode(dataset[todo[key]]["pixel_values"][None].to(device, dtype=dtype)).latent_dist
+        return {"mean": dist.mean[0], "std": dist.std[0]}
+
+    return cache.append(list(todo), posterior)
 
 
 class CachedLatentsDataset(torch.utils.data.Dataset):
@@ -109,7 +73,7 @@ class CachedLatentsDataset(torch.utils.data.Dataset):
     ``latent_std``) instead of its pixels: no image is decoded. Masks as the base dataset makes
     them (centre crop, the same offsets: ``noun_masks`` crops the resized mask like its image)."""
 
-    def __init__(self, base: TokenComposeDataset, cache: LatentCache) -> None:
+    def __init__(self, base: TokenComposeDataset, cache: ShardStore) -> None:
         if not base.center_crop:
             raise ValueError("cached latents need the centre crop: a random crop changes the image every step")
         self.base, self.cache = base, cache
@@ -125,10 +89,10 @@ class CachedLatentsDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         ex = self.examples[i]
-        mean, std = self.cache.get(str(ex.image_path), self.digests[i])
+        row = self.cache.get((str(ex.image_path), self.digests[i]), ("mean", "std"))
         return {
-            "latent_mean": mean,
-            "latent_std": std,
+            "latent_mean": row["mean"],
+            "latent_std": row["std"],
             **self.base.conditioning(ex, *self.base.center_crop_box(ex)),
             "masks": noun_masks(ex.nouns, self.base.resolution, self.base.latent_resolutions, crop=None),
             "token_indices": [list(n.token_indices) for n in ex.nouns],

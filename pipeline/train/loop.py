@@ -50,6 +50,7 @@ from pipeline.train.setup import (
     Models,
     TrainData,
     attach_latent_cache,
+    attach_text_cache,
     identify_run,
     load_data,
     load_models,
@@ -117,6 +118,8 @@ def start_run(cfg: TrainConfig, captions_path, nouns_path) -> Run:
     data = load_data(cfg, models, captions_path, nouns_path)
     if cfg.cache_latents:
         attach_latent_cache(cfg, data, models, accelerator)
+    if cfg.cache_text:
+        attach_text_cache(cfg, data, models, accelerator)
     capture = AttentionCapture(models.unet, blocks=cfg.attn_blocks)
     heldout_set = data.heldout_set if data.heldout_nouns else None
     side = SideWork(cfg, accelerator, models, capture, data.dataset, heldout_set, data.resolutions,

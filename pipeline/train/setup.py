@@ -137,11 +137,26 @@ def load_data(cfg: TrainConfig, models: Models, captions_path, nouns_path) -> Tr
 def attach_latent_cache(cfg: TrainConfig, data: TrainData, models: Models, accelerator) -> None:
     """``train.cache_latents``: the main process encodes the images not cached yet; every process then
     trains from the cache (``latent_cache``). Held-out grounding and heatmaps keep the images."""
-    from pipeline.train.latent_cache import CachedLatentsDataset, LatentCache, cache_folder, collate_cached, fill_cache
+    from pipeline.train.latent_cache import CachedLatentsDataset, cache_folder, collate_cached, fill_cache, read_cache
 
     folder = cache_folder(cfg.out_dir, cfg.pretrained, cfg.resolution, models.vae.dtype)
     if accelerator.is_main_process:
         fill_cache(folder, data.dataset, models.vae, accelerator.device, models.vae.dtype)
     accelerator.wait_for_everyone()
-    data.loader_set = CachedLatentsDataset(data.dataset, LatentCache.read(folder))
+    data.loader_set = CachedLatentsDataset(data.dataset, read_cache(folder))
     data.collate_fn = collate_cached
+
+
+def attach_text_cache(cfg: TrainConfig, data: TrainData, models: Models, accelerator) -> None:
+    """``train.cache_text``: the main process encodes the captions not cached yet; every process then
+    reads each caption's conditioning from the cache (``text_cache``), over the images or cached latents."""
+    from pipeline.train.dataset import collate
+    from pipeline.train.text_cache import CachedTextDataset, fill_text_cache, read_text_cache, text_cache_folder
+
+    folder = text_cache_folder(cfg.out_dir, cfg.pretrained, models.text_encoder.dtype)
+    if accelerator.is_main_process:
+        fill_text_cache(folder, data.dataset, models.text, accelerator.device)
+    accelerator.wait_for_everyone()
+    data.loader_set = CachedTextDataset(data.loader_set or data.dataset, read_text_cache(folder),
+                                        sdxl=models.text_encoder_2 is not None)
+    data.collate_fn = data.collate_fn or collate
