@@ -235,3 +235,35 @@ def test_the_sdxl_lora_profile_is_the_paper_recipe_on_sdxl_with_a_lora():
     assert (g["steps"], g["guidance_scale"], g["resolution"]) == (50, 5.0, 1024)
     assert t["expect"] == xl["evaluate"]["expect"] == {"cross_attention_dim": 2048, "prediction_type": "epsilon",
                                                        "family": "sdxl"}
+
+
+def test_processes_fill_one_cache_side_by_side_and_a_rerun_encodes_nothing(tiny_sdxl: Path, coco_mini: Path,
+                                                                          tmp_path: Path):
+    """Each process encodes its share (``rank::world``) into shards named by their keys; together they hold
+    what one process writes, row for row."""
+    from PIL import Image
+
+    from pipeline.train.dataset import Example, TokenComposeDataset
+    from pipeline.train.latent_cache import fill_cache, read_cache
+    from pipeline.train.text_cache import fill_text_cache
+
+    parts = load_sd_components(tiny_sdxl, expect=XL)
+    paths = sorted((coco_mini / "train2017").glob("*.jpg"))[:3]
+    examples = [Example(i, i, str(p), f"caption {i % 2}", Image.open(p).size[1], Image.open(p).size[0], ())
+                for i, p in enumerate(paths)]
+    dataset = TokenComposeDataset(examples, parts.tokenizer, 64, [4, 8], tokenizer_2=parts.tokenizer_2)
+    text = TextConditioner.of(parts)
+    one = fill_cache(tmp_path / "one", dataset, parts.vae, "cpu", torch.float32)
+    fill_text_cache(tmp_path / "one-text", dataset, text, "cpu")
+    for rank in (0, 1):
+        fill_cache(tmp_path / "two", dataset, parts.vae, "cpu", torch.float32, rank, 2)
+        fill_text_cache(tmp_path / "two-text", dataset, text, "cpu", rank, 2)
+    two = read_cache(tmp_path / "two")
+    assert len(list((tmp_path / "two").glob("part-*.safetensors"))) == 2 and set(two.index) == set(one.index)
+    for key in one.index:
+        a, b = one.get(key, ("mean", "std")), two.get(key, ("mean", "std"))
+        assert all(torch.equal(a[n], b[n]) for n in a)
+    assert len(list((tmp_path / "two-text").glob("part-*.safetensors"))) == 2  # 2 distinct captions, 1 each
+    before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "two").iterdir())
+    fill_cache(tmp_path / "two", dataset, parts.vae, "cpu", torch.float32)
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "two").iterdir()) == before

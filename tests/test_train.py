@@ -170,11 +170,15 @@ def _heldout_curve(ws: Path) -> dict[int, float]:
 @pytest.mark.slow
 def test_two_processes_with_heatmaps_and_heldout_at_step_1_equal_one_process(train_ws: Path, trained: Path,
                                                                             tmp_path: Path):
-    """Held-out grounding split over the processes and gathered; heatmaps drawn from both processes' rows."""
-    ws = make_train_ws(train_ws, tmp_path / "ws", train_batch_size=1, heatmap_steps=1)
+    """Held-out grounding split over the processes and gathered; heatmaps drawn from both processes' rows;
+    the latent and text caches filled by both processes, each its share, and trained from."""
+    ws = make_train_ws(train_ws, tmp_path / "ws", train_batch_size=1, heatmap_steps=1, cache_latents=True,
+                       cache_text=True)
     run_stage(ws, "stages.train", launcher=LAUNCH_2)
     summary = json.loads((ws / "data/train/summary.json").read_text())
     assert summary["processes"] == 2 and summary["global_batch"] == 2 and summary["side_work_errors"] == []
+    for cache in ("latents", "text"):  # one shard of each process's share
+        assert len(list((ws / "data/train" / cache).glob("*/part-*.safetensors"))) == 2, cache
     assert_same_training(ws / "data/train/unet", trained / "data/train/unet", train_ws / "models/tiny/sd/unet")
     two, one = _heldout_curve(ws), _heldout_curve(trained)
     assert sorted(two) == list(range(7))

@@ -11,7 +11,7 @@ VAE forward sums in another order).
 
 Layout, under ``<out_dir>/latents/<key>/`` (key: the VAE's files, R, the dtype)::
 
-    part-00000.safetensors   "mean", "std": (N, C, R/8, R/8) in the VAE's dtype; metadata
+    part-<digest>.safetensors "mean", "std": (N, C, R/8, R/8) in the VAE's dtype; metadata
                              "images": JSON [[image path, file digest], ...] of its N rows
 
 Bytes per image, fp32 (4 latent channels): 2 x 4 x 64 x 64 x 4 = 128 KiB at 512 px, 512 KiB at
@@ -49,23 +49,24 @@ def read_cache(folder: str | Path) -> ShardStore:
 
 
 @torch.no_grad()
-def fill_cache(folder: str | Path, dataset: TokenComposeDataset, vae, device, dtype: torch.dtype) -> ShardStore:
-    """Encode every image of ``dataset`` not in the cache yet (one at a time) and write new shards."""
+def fill_cache(folder: str | Path, dataset: TokenComposeDataset, vae, device, dtype: torch.dtype,
+               rank: int = 0, world: int = 1) -> ShardStore:
+    """Encode the images of ``dataset`` not in the cache yet (one at a time) into new shards; process
+    ``rank`` of ``world`` takes its share (``ShardStore.missing``), so no process waits on another's work."""
     cache = read_cache(folder)
-    todo: dict[tuple[str, str], int] = {}
+    first = {}
     for i, ex in enumerate(dataset.examples):
-        key = (str(ex.image_path), file_digest(ex.image_path))
-        if key not in cache.index and key not in todo:
-            todo[key] = i
+        first.setdefault((str(ex.image_path), file_digest(ex.image_path)), i)
+    todo = cache.missing(list(first), rank, world)
     if not todo:
         return cache
     log.info("caching the VAE posteriors of %d image(s) in %s", len(todo), cache.folder)
 
     def posterior(key: tuple[str, str]) -> dict[str, torch.Tensor]:
-        dist = vae.encode(dataset[todo[key]]["pixel_values"][None].to(device, dtype=dtype)).latent_dist
+        dist = vae.encode(dataset[first[key]]["pixel_values"][None].to(device, dtype=dtype)).latent_dist
         return {"mean": dist.mean[0], "std": dist.std[0]}
 
-    return cache.append(list(todo), posterior)
+    return cache.append(todo, posterior, desc="cache latents")
 
 
 class CachedLatentsDataset(torch.utils.data.Dataset):

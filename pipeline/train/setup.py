@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from pipeline.train.runs import ResumePlan, RunIdentity, plan_resume
 
 log = logging.getLogger(__name__)
 
+#: how long a collective may wait (filling the caches of 118,287 images at 1024 px over 8 GPUs: ~10 min)
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
 WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -75,10 +78,13 @@ class TrainData:
 
 def make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
     device = resolve_device(cfg.device)
+    # a barrier may wait for the other processes' share of filling a cache at COCO scale: longer than
+    # NCCL's 10-minute default, so the process group gets COLLECTIVE_TIMEOUT
     return Accelerator(mixed_precision={"fp32": "no"}.get(cfg.mixed_precision, cfg.mixed_precision),
-                       cpu=device == "cpu")
+                       cpu=device == "cpu", kwargs_handlers=[InitProcessGroupKwargs(timeout=COLLECTIVE_TIMEOUT)])
 
 
 def data_digest(cfg: TrainConfig, captions_path: str | Path, nouns_path: str | Path) -> str:
@@ -135,27 +141,27 @@ def load_data(cfg: TrainConfig, models: Models, captions_path, nouns_path) -> Tr
 
 
 def attach_latent_cache(cfg: TrainConfig, data: TrainData, models: Models, accelerator) -> None:
-    """``train.cache_latents``: the main process encodes the images not cached yet; every process then
-    trains from the cache (``latent_cache``). Held-out grounding and heatmaps keep the images."""
+    """``train.cache_latents``: each process encodes its share of the images not cached yet; every
+    process then trains from the whole cache (``latent_cache``). Held-out grounding and heatmaps keep the images."""
     from pipeline.train.latent_cache import CachedLatentsDataset, cache_folder, collate_cached, fill_cache, read_cache
 
     folder = cache_folder(cfg.out_dir, cfg.pretrained, cfg.resolution, models.vae.dtype)
-    if accelerator.is_main_process:
-        fill_cache(folder, data.dataset, models.vae, accelerator.device, models.vae.dtype)
+    fill_cache(folder, data.dataset, models.vae, accelerator.device, models.vae.dtype,
+               accelerator.process_index, accelerator.num_processes)
     accelerator.wait_for_everyone()
     data.loader_set = CachedLatentsDataset(data.dataset, read_cache(folder))
     data.collate_fn = collate_cached
 
 
 def attach_text_cache(cfg: TrainConfig, data: TrainData, models: Models, accelerator) -> None:
-    """``train.cache_text``: the main process encodes the captions not cached yet; every process then
-    reads each caption's conditioning from the cache (``text_cache``), over the images or cached latents."""
+    """``train.cache_text``: each process encodes its share of the captions not cached yet; every
+    process then reads each caption's conditioning from the cache (``text_cache``), over the images or cached latents."""
     from pipeline.train.dataset import collate
     from pipeline.train.text_cache import CachedTextDataset, fill_text_cache, read_text_cache, text_cache_folder
 
     folder = text_cache_folder(cfg.out_dir, cfg.pretrained, models.text_encoder.dtype)
-    if accelerator.is_main_process:
-        fill_text_cache(folder, data.dataset, models.text, accelerator.device)
+    fill_text_cache(folder, data.dataset, models.text, accelerator.device, accelerator.process_index,
+                    accelerator.num_processes)
     accelerator.wait_for_everyone()
     data.loader_set = CachedTextDataset(data.loader_set or data.dataset, read_text_cache(folder),
                                         sdxl=models.text_encoder_2 is not None)

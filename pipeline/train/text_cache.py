@@ -43,20 +43,25 @@ def read_text_cache(folder: str | Path) -> ShardStore:
 
 
 @torch.no_grad()
-def fill_text_cache(folder: str | Path, dataset, text: TextConditioner, device) -> ShardStore:
-    """Encode every caption of ``dataset`` (a ``TokenComposeDataset``) not cached yet, one at a time."""
+def fill_text_cache(folder: str | Path, dataset, text: TextConditioner, device, rank: int = 0,
+                    world: int = 1) -> ShardStore:
+    """Encode the captions of ``dataset`` (a ``TokenComposeDataset``) not cached yet, one at a time;
+    process ``rank`` of ``world`` takes its share."""
     cache = read_text_cache(folder)
-    todo = {ex.caption: ex for ex in dataset.examples if (ex.caption,) not in cache.index}
+    first = {}
+    for ex in dataset.examples:
+        first.setdefault((ex.caption,), ex)
+    todo = cache.missing(list(first), rank, world)
     if not todo:
         return cache
     log.info("caching the text conditioning of %d caption(s) in %s", len(todo), cache.folder)
 
     def encode(key: tuple[str]) -> dict[str, torch.Tensor]:
-        ids = dataset.conditioning(todo[key[0]], 0, 0)
+        ids = dataset.conditioning(first[key], 0, 0)
         hidden, added = text({k: v[None] for k, v in ids.items()}, device)
         return {"hidden": hidden[0]} | ({"pooled": added["text_embeds"][0]} if added else {})
 
-    return cache.append([(c,) for c in todo], encode)
+    return cache.append(todo, encode, desc="cache text")
 
 
 class CachedTextDataset(torch.utils.data.Dataset):
