@@ -212,6 +212,8 @@ def test_train_and_evaluate_a_tokencompose_lora_on_the_tiny_sdxl(workspace: Path
     # the user's way and evaluate's
     pipe = StableDiffusionXLPipeline.from_pretrained(ws / "models/tiny/sdxl")
     pipe.load_lora_weights(out / "unet")
+    with pytest.raises(ValueError, match=r"was trained on .*another architecture.*cross_attention_dim: LoRA 64, base 32"):
+        check_sd_architecture(ws / "models/tiny/sd", None, (out / "unet",))
     run_stage(ws, "stages.evaluate", "--model", "tokencompose")
     metrics = json.loads((ws / "data/evaluate/tokencompose/metrics.json").read_text())
     assert metrics["attention"]["pairs"] > 0 and 0 < metrics["attention"]["share"] < 1
