@@ -34,18 +34,24 @@ SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block
               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
 
 
-def encode_seconds(vae, size: int, repeats: int, device: str) -> float:
-    """Median seconds of one ``vae.encode`` of a (1, 3, size, size) image, after one warm-up."""
-    x = torch.randn(1, 3, size, size, device=device)
+def _median_seconds(fn, repeats: int, device: str) -> float:
     times = []
     with torch.no_grad():
-        for i in range(repeats + 1):
+        for _ in range(repeats + 1):
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            vae.encode(x).latent_dist.mean.to("cpu")
+            fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
     return statistics.median(times[1:])
+
+
+def encode_seconds(vae, size: int, repeats: int, device: str) -> float:
+    """Median seconds of one ``vae.encode`` of a (1, 3, size, size) image, after one warm-up."""
+    x = torch.randn(1, 3, size, size, device=device)
+    return _median_seconds(lambda: vae.encode(x).latent_dist.mean.to("cpu"), repeats, device)
 
 
 def read_seconds(size: int, repeats: int = 50) -> tuple[float, int]:
@@ -63,20 +69,6 @@ def read_seconds(size: int, repeats: int = 50) -> tuple[float, int]:
                 f.get_slice("mean")[i:i + 1], f.get_slice("std")[i:i + 1]
         seconds = (time.perf_counter() - t0) / repeats
     return seconds, 2 * 4 * (size // 8) ** 2 * 4
-
-
-def _median_seconds(fn, repeats: int, device: str) -> float:
-    times = []
-    with torch.no_grad():
-        for _ in range(repeats + 1):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:])
 
 
 def text_rows(repeats: int, device: str) -> list[dict]:

@@ -55,6 +55,16 @@ def make_workspace(root: Path, params: dict, models: Path | None = None) -> Path
     return root
 
 
+def link_workspace(src: Path, dst: Path, params: dict) -> Path:
+    """A new workspace whose training inputs (demo data, tables, masks, models) link to ``src``'s."""
+    dst.mkdir(parents=True)
+    for name in ("data/demo", "data/captions", "data/nouns", "data/reference_masks", "models"):
+        (dst / name).parent.mkdir(parents=True, exist_ok=True)
+        (dst / name).symlink_to(src / name)
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return dst
+
+
 def clone_workspace(src: Path, dst: Path, **overrides) -> Path:
     """Copy the inputs of ``ground`` (not its outputs) into a fresh folder."""
     dst.mkdir(parents=True)

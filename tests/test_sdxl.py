@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from stagerun import run_stage
+from stagerun import link_workspace, run_stage
 
 from pipeline.models.conditioning import TextConditioner
 from pipeline.models.sdxl import add_time_ids, build_tiny_sdxl, encode_sdxl_text
@@ -156,10 +156,6 @@ def test_dataset_items_carry_sdxl_ids_and_time_ids_with_and_without_cached_laten
 
 def sdxl_ws(src: Path, dst: Path, **train) -> Path:
     """The demo workspace's data and models (linked) with train and evaluate on the tiny SDXL."""
-    dst.mkdir(parents=True)
-    for name in ("data/demo", "data/captions", "data/nouns", "data/reference_masks", "models"):
-        (dst / name).parent.mkdir(parents=True, exist_ok=True)
-        (dst / name).symlink_to(src / name)
     params = yaml.safe_load((src / "params.yaml").read_text())
     xl = {"pretrained": "models/tiny/sdxl", "expect": {"cross_attention_dim": 64, "prediction_type": "epsilon",
                                                       "family": "sdxl"}}
@@ -173,8 +169,7 @@ def sdxl_ws(src: Path, dst: Path, **train) -> Path:
     ev["object_accuracy"].update(num_prompts=2)
     ev["fid"].update(num_images=4)
     ev["attention"].update(holdout_images=2)
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return dst
+    return link_workspace(src, dst, params)
 
 
 def test_train_and_evaluate_a_tokencompose_lora_on_the_tiny_sdxl(workspace: Path, tmp_path: Path):

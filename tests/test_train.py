@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from stagerun import ENV, HANG_TIMEOUT_S, assert_readable_metrics, run_stage
+from stagerun import ENV, HANG_TIMEOUT_S, assert_readable_metrics, link_workspace, run_stage
 
 TRAIN = {
     "masks": "data/reference_masks/masks",
@@ -43,14 +43,9 @@ def train_ws(workspace: Path, tmp_path_factory) -> Path:
 
 
 def make_train_ws(src: Path, dst: Path, **train) -> Path:
-    dst.mkdir(parents=True)
-    for name in ("data/demo", "data/captions", "data/nouns", "data/reference_masks", "models"):
-        (dst / name).parent.mkdir(parents=True, exist_ok=True)
-        (dst / name).symlink_to(src / name)
     params = yaml.safe_load((src / "params.yaml").read_text())
     params["train"].update({**TRAIN, **train})
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return dst
+    return link_workspace(src, dst, params)
 
 
 def unet_state(path: Path) -> dict[str, torch.Tensor]:
