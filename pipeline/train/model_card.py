@@ -150,7 +150,8 @@ def read_metrics(path: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-SAMPLE_GUIDANCE = 7.5      # samples: a glance at the weights, not a benchmark (evaluate draws those)
+#: samples: a glance at the weights, not a benchmark (evaluate draws those); SD1.x/2.x 7.5, SDXL its pipeline's 5.0
+SAMPLE_GUIDANCE = {False: 7.5, True: 5.0}
 
 
 def copy_heatmap(out_dir: str | Path, folder: str | Path) -> Path | None:
@@ -176,7 +177,8 @@ def draw_samples(cfg: TrainConfig, folder: str | Path, captions: list[str]) -> P
     device = resolve_device(cfg.device)
     dtype = "fp32" if device == "cpu" else cfg.mixed_precision
     pipe = load_sd_pipeline(cfg.pretrained, str(folder), device, dtype)
-    images = [pipe(c, num_inference_steps=cfg.card_sample_steps, guidance_scale=SAMPLE_GUIDANCE, height=cfg.resolution,
+    guidance = SAMPLE_GUIDANCE[_is_xl(cfg)]
+    images = [pipe(c, num_inference_steps=cfg.card_sample_steps, guidance_scale=guidance, height=cfg.resolution,
                    width=cfg.resolution, generator=torch.Generator("cpu").manual_seed(cfg.seed + i)).images[0]
               for i, c in enumerate(captions)]
     path = Path(folder) / "samples.png"
