@@ -112,13 +112,10 @@ def build_unet(model: str):
 
 def make_batch(unet, model: str, batch_size: int, device: str) -> dict:
     """A fixed random batch: latents, target, timesteps, text states, masks per resolution, tokens."""
-    from pipeline.core.masks import resize_mask
-    from pipeline.train.attention import layer_resolutions
-
     _, resolution = MODELS[model]
     latent = resolution // VAE_FACTOR
     g = torch.Generator().manual_seed(SEED + 1)
-    b, n, t = batch_size, len(NOUN_TOKENS), max(len(x) for x in NOUN_TOKENS)
+    b = batch_size
     dim = unet.config.cross_attention_dim
     batch = {
         "noisy": torch.randn(b, 4, latent, latent, generator=g),
@@ -126,6 +123,19 @@ def make_batch(unet, model: str, batch_size: int, device: str) -> dict:
         "timesteps": torch.randint(0, 1000, (b,), generator=g),
         "text": torch.randn(b, TEXT_LEN, dim, generator=g),
     }
+    batch.update(noun_targets(unet, resolution, latent, b, g))
+    return {k: ({r: m.to(device) for r, m in v.items()} if isinstance(v, dict) else v.to(device))
+            for k, v in batch.items()}
+
+
+def noun_targets(unet, resolution: int, latent: int, batch_size: int, g: torch.Generator) -> dict:
+    """The grounding part of a batch (CPU tensors): N = 3 nouns (``NOUN_TOKENS``) per example, each a random
+    rectangle mask resized to every supervised resolution (``masks {r: (B, N, r, r)}``), ``token_indices``,
+    ``token_valid`` and ``noun_valid``, as ``TokenComposeDataset`` collates them."""
+    from pipeline.core.masks import resize_mask
+    from pipeline.train.attention import layer_resolutions
+
+    b, n, t = batch_size, len(NOUN_TOKENS), max(len(x) for x in NOUN_TOKENS)
     full = torch.zeros(b, n, resolution, resolution)
     for i in range(b):
         for j in range(n):  # a random rectangle covering 1/16 to 1/2 of each side
@@ -133,15 +143,13 @@ def make_batch(unet, model: str, batch_size: int, device: str) -> dict:
             y, x = (int(torch.randint(0, resolution - s, (1,), generator=g)) for s in (h, w))
             full[i, j, y : y + h, x : x + w] = 1.0
     sides = sorted(set(layer_resolutions(unet, latent).values()))
-    batch["masks"] = {r: resize_mask(full, r) for r in sides}
     idx = torch.zeros(b, n, t, dtype=torch.long)
     valid = torch.zeros(b, n, t, dtype=torch.bool)
     for j, tokens in enumerate(NOUN_TOKENS):
         idx[:, j, : len(tokens)] = torch.tensor(tokens)
         valid[:, j, : len(tokens)] = True
-    batch.update(token_indices=idx, token_valid=valid, noun_valid=torch.ones(b, n, dtype=torch.bool))
-    return {k: ({r: m.to(device) for r, m in v.items()} if isinstance(v, dict) else v.to(device))
-            for k, v in batch.items()}
+    return {"masks": {r: resize_mask(full, r) for r in sides}, "token_indices": idx, "token_valid": valid,
+            "noun_valid": torch.ones(b, n, dtype=torch.bool)}
 
 
 # --------------------------------------------------------------------------- official-style capture

@@ -1,6 +1,6 @@
-"""GPU smoke run: the stage code of ground, segment, train and evaluate on CUDA, then SD1.4 training steps.
+"""GPU smoke run: the stage code of ground, segment, train and evaluate on CUDA, a tiny SDXL LoRA, SD1.4 steps.
 
-    python -m bench.gpu_smoke [--out DIR] [--work DIR]   # make gpu-smoke: one GPU, about 6 minutes
+    python -m bench.gpu_smoke [--out DIR] [--work DIR]   # make gpu-smoke: one GPU, at most 6 min 40 s
     python -m bench.gpu_smoke --dry-run                  # the same plumbing on the CPU, tiny sizes (tested)
 
 Parts, in order; each is isolated (an exception is recorded with the tail of its traceback and
@@ -17,6 +17,11 @@ the next part runs) and has a time budget (a part past it is stopped and recorde
   ``max_train_steps: 2``, which must resume from that checkpoint (``resumed_from_step: 1``).
 - ``evaluate``: ``stages.evaluate --model tokencompose`` (the UNet just trained): MultiGen,
   Object Accuracy, FID and attention grounding with the tiny detectors, cuda.
+- ``sdxl_lora``: ``stages.train`` on the tiny SDXL of ``demo_models`` (two text encoders, pooled
+  embedding, time ids; ``expect.family: sdxl``): a LoRA (rank 4), bf16, cached latents, 2 steps
+  with heatmaps, held-out grounding and a checkpoint after each (``TRAIN['sdxl']``). It must end
+  with no side-work error, the LoRA file written, checkpoints, finite losses (each step's logged
+  total and the summary's ``final_*``).
 - ``sd14_build``: Stable Diffusion 1.4's architecture with random weights
   (``pipeline.models.rehearsal.build_sd``), built here, saved as a diffusers folder.
 - ``sd14_fp32``, ``sd14_bf16``: ``stages.train`` (``run_train`` itself) on it at 512 px,
@@ -26,11 +31,11 @@ the next part runs) and has a time budget (a part past it is stopped and recorde
   losses, backward, clipping, AdamW), of the heatmap, the held-out grounding and the checkpoint.
 
 ``--dry-run`` runs every part on the CPU with tiny sizes (the SD1.4 parts train the tiny Stable
-Diffusion instead, ``sd14_build`` does nothing). Without ``--dry-run`` a machine without CUDA
+Diffusion instead, ``sd14_build`` does nothing; ``sdxl_lora`` is the same run, bf16 on the CPU). Without ``--dry-run`` a machine without CUDA
 stops before any work.
 
-``prepare`` and ``ground`` (groundingdino-py needs transformers < 5), and the two SD1.4 training
-parts (each its own CUDA context and mixed-precision state), run in a child process
+``prepare`` and ``ground`` (groundingdino-py needs transformers < 5), and the SDXL and the two SD1.4
+training parts (each its own CUDA context and mixed-precision state), run in a child process
 (``python -m bench.gpu_smoke --child PART``), with ``GPU_REPORT_GDINO_SITE`` first on its
 ``PYTHONPATH`` for the first two when it is set (``bench/gpu_run.sh`` installs transformers 4.57
 there); the others run in this process. Every stage's settings come from the repository's
@@ -50,6 +55,7 @@ import copy
 import gc
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -84,18 +90,26 @@ TRAIN = {
              # the UNet alone in its checkpoints: AdamW's state (6.9 GB) would double the write time; the
              # tiny run checkpoints and resumes it on the GPU
              "checkpoint_optimizer": False},
+    # the tiny SDXL of demo_models (two text encoders, pooled embedding, time ids): a LoRA in bf16 from
+    # cached latents, as tests/test_sdxl.py trains it through the stage
+    "sdxl": {**BATCH, "pretrained": "models/tiny/sdxl",
+             "expect": {"cross_attention_dim": 64, "prediction_type": "epsilon", "family": "sdxl"},
+             "adapter": "lora", "lora_rank": 4, "lora_alpha": 4.0, "mixed_precision": "bf16", "cache_latents": True,
+             "max_train_steps": 2, "checkpointing_steps": 1, "heatmap_steps": 1, "heatmap_captions": 2,
+             "holdout_images": 2, "card_samples": 1, "card_sample_steps": 2, "num_workers": 0,
+             "out_dir": "data/train-sdxl"},
 }
 #: --dry-run: the SD1.4 parts train the tiny Stable Diffusion at this size instead
 DRY_SD = {"pretrained": "models/tiny/sd", "expect": {"cross_attention_dim": 32, "prediction_type": "epsilon"},
           "resolution": 64, "num_workers": 0}
-#: seconds per part on the GPU, 6 minutes in all; a part also gets what the parts before it left
+#: seconds per part on the GPU, 6 minutes 40 s in all; a part also gets what the parts before it left
 #: unused (its deadline is the sum of the budgets so far), never less than its own budget while
-#: the 6 minutes last. --dry-run: DRY_BUDGET_S each.
-BUDGET_S = {"prepare": 40, "ground": 25, "segment": 15, "train": 35, "evaluate": 35, "sd14_build": 70,
-            "sd14_fp32": 80, "sd14_bf16": 60}
+#: the 400 s last. --dry-run: DRY_BUDGET_S each.
+BUDGET_S = {"prepare": 40, "ground": 25, "segment": 15, "train": 35, "evaluate": 35, "sdxl_lora": 40,
+            "sd14_build": 70, "sd14_fp32": 80, "sd14_bf16": 60}
 DRY_BUDGET_S = 120
 #: parts run in a child process, and those of them that get the Grounding DINO site
-CHILD_PARTS = ("prepare", "ground", "sd14_fp32", "sd14_bf16")
+CHILD_PARTS = ("prepare", "ground", "sdxl_lora", "sd14_fp32", "sd14_bf16")
 #: versions named in the report (this process's; the children with the site get transformers from it)
 DISTRIBUTIONS = ("transformers", "diffusers", "accelerate", "peft", "dvclive", "groundingdino-py", "segment-anything",
                  "pycocotools", "timm", "torchvision", "scipy")
@@ -148,11 +162,16 @@ def smoke_params(device: str, dry_run: bool) -> dict:
 
 def sd14_params(ws: Path, precision: str, dry_run: bool) -> Path:
     """A params file for one SD1.4 training part: the workspace's, train section from ``TRAIN['sd14']``."""
-    params = yaml.safe_load((ws / "params.yaml").read_text())
     train = {**TRAIN["sd14"], **(DRY_SD if dry_run else {}), "mixed_precision": precision,
              "out_dir": f"data/train-sd14-{precision}"}
+    return train_params(ws, train, f"sd14-{precision}")
+
+
+def train_params(ws: Path, train: dict, name: str) -> Path:
+    """``<ws>/params-<name>.yaml``: the workspace's params with ``train`` over its train section."""
+    params = yaml.safe_load((ws / "params.yaml").read_text())
     params["train"] = _merge(params["train"], train)
-    path = ws / f"params-sd14-{precision}.yaml"
+    path = ws / f"params-{name}.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
 
@@ -216,7 +235,8 @@ def instrument_train():
     """Time ``run_train``'s own step code from outside: each optimizer step (first micro-step to
     the logged step), heatmaps, held-out grounding and checkpoints (CUDA synchronised).
 
-    Yields a dict filled during the run: ``step_s`` (one value per step), ``heatmap_s``,
+    Yields a dict filled during the run: ``step_s`` (one value per step), ``total`` (each step's logged
+    loss), ``heatmap_s``,
     ``heldout_s`` (step 0: the pretrained UNet), ``checkpoint_s``, ``not_timed``: hooks the training
     code no longer has.
     """
@@ -224,7 +244,8 @@ def instrument_train():
     import pipeline.train.loop as loop
     from pipeline.train.side_work import SideWork
 
-    timing: dict[str, Any] = {"step_s": [], "heatmap_s": [], "heldout_s": [], "checkpoint_s": [], "not_timed": []}
+    timing: dict[str, Any] = {"step_s": [], "total": [], "heatmap_s": [], "heldout_s": [], "checkpoint_s": [],
+                              "not_timed": []}
     state: dict[str, float | None] = {"start": None}
     patched: list[tuple[Any, str, Any]] = []
 
@@ -250,6 +271,9 @@ def instrument_train():
                 _sync()
                 timing["step_s"].append(round(time.perf_counter() - state["start"], 4))
                 state["start"] = None
+            values = a[1] if len(a) > 1 else k.get("values", {})
+            total = values.get("total") if isinstance(values, dict) else None
+            timing["total"].append(None if total is None else round(float(total), 5))
             return orig(self, *a, **k)
         return wrapper
 
@@ -300,11 +324,13 @@ def build_models_but_grounding_dino(out: Path, seed: int = 0) -> None:
     from pipeline.models.clip_vision_tiny import build_tiny_clip_vision
     from pipeline.models.owl_tiny import build_tiny_owlv2, build_tiny_owlvit
     from pipeline.models.sam import build_tiny_sam
+    from pipeline.models.sdxl import build_tiny_sdxl
     from pipeline.models.stable_diffusion import build_tiny_sd
 
     tok = build_clip_tokenizer(out / "clip-tokenizer")
     build_tiny_sam(out / "sam", seed)
     build_tiny_sd(out / "sd", seed, tokenizer_dir=tok)
+    build_tiny_sdxl(out / "sdxl", seed, tokenizer_dir=tok)
     build_tiny_owlv2(out / "owlv2", seed, tok)
     build_tiny_owlvit(out / "owlvit", seed, tok)
     build_tiny_clip_vision(out / "clip-vision", seed)
@@ -405,6 +431,31 @@ def part_evaluate(ws: Path, device: str, dry_run: bool) -> dict:
     return out
 
 
+def part_sdxl_lora(ws: Path, device: str, dry_run: bool) -> dict:
+    """The tiny SDXL's LoRA through ``stages.train`` in bf16: heatmaps, held-out grounding, checkpoints."""
+    train = TRAIN["sdxl"]
+    params = train_params(ws, train, "sdxl-lora")
+    out = ws / train["out_dir"]
+    try:
+        summary, timing = _train_run(params.name, out)
+    finally:
+        for f in [*sorted(out.glob("dvclive/plots/images/attention/*.png")), *out.glob("summary.json")]:
+            _keep(ws, f, "sdxl_lora")
+    facts = _train_facts(summary, timing, out)
+    lora = out / "unet/pytorch_lora_weights.safetensors"
+    _require(summary.get("side_work_errors") == [], f"side_work_errors {summary.get('side_work_errors')}")
+    _require(lora.is_file(), f"no LoRA written: {lora}")
+    _require(bool(facts["checkpoints"]), "no checkpoint")
+    _require(bool(facts["heatmaps"]) and facts["heldout_share"] is not None,
+             f"heatmaps {facts['heatmaps']}, held-out share {facts['heldout_share']}")
+    losses = {k: v for k, v in summary.items() if k.startswith("final_") and isinstance(v, (int, float))}
+    losses.update({f"step {i + 1} total": v for i, v in enumerate(timing["total"])})
+    _require(bool(losses) and all(isinstance(v, (int, float)) and math.isfinite(v) for v in losses.values()),
+             f"losses not all finite: {losses}")
+    return {"family": "sdxl", "adapter": "lora", "lora_rank": train["lora_rank"],
+            "precision": train["mixed_precision"], "lora_kb": round(lora.stat().st_size / 1024, 1), **facts}
+
+
 def part_sd14_build(ws: Path, device: str, dry_run: bool) -> dict:
     if dry_run:
         return {"note": "--dry-run: the SD1.4 parts train the tiny Stable Diffusion"}
@@ -440,7 +491,8 @@ def _sd14(precision: str):
 
 PARTS: dict[str, Callable[[Path, str, bool], dict]] = {
     "prepare": part_prepare, "ground": part_ground, "segment": part_segment, "train": part_train,
-    "evaluate": part_evaluate, "sd14_build": part_sd14_build, "sd14_fp32": _sd14("fp32"), "sd14_bf16": _sd14("bf16"),
+    "evaluate": part_evaluate, "sdxl_lora": part_sdxl_lora, "sd14_build": part_sd14_build, "sd14_fp32": _sd14("fp32"),
+    "sd14_bf16": _sd14("bf16"),
 }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -45,6 +46,13 @@ def test_dry_run_passes_every_part_on_the_cpu(tmp_path: Path):
         sd = parts[f"sd14_{precision}"]["details"]
         assert len(sd["step_s"]) == 2 and sd["checkpoint_s"] and sd["heatmap_s"] and sd["heldout_s"]
         assert (out / f"sd14_{precision}-step-000001.png").is_file()
+    # the tiny SDXL's LoRA in bf16 through stages.train: heatmaps, held-out grounding, checkpoints, finite losses
+    xl = parts["sdxl_lora"]["details"]
+    assert xl["family"] == "sdxl" and xl["adapter"] == "lora" and xl["precision"] == "bf16" and xl["lora_kb"] > 0
+    assert xl["side_work_errors"] == [] and xl["checkpoints"] == ["step-000001", "step-000002"]
+    assert xl["heatmaps"] == ["step-000001.png", "step-000002.png"] and xl["heldout_share"] is not None
+    assert len(xl["step_s"]) == 2 and len(xl["total"]) == 2 and all(math.isfinite(t) for t in xl["total"])
+    assert (out / "sdxl_lora-step-000002.png").is_file() and (out / "sdxl_lora-summary.json").is_file()
     assert parts["ground"]["details"]["nouns_with_box"] > 0 and parts["segment"]["details"]["masks"] > 0
     assert parts["evaluate"]["details"]["images"]["multigen_images"] > 0
     assert (out / "train-step-000001.png").is_file()
