@@ -37,12 +37,12 @@ rehearsal: setup
 GPU_DEPS := $(if $(wildcard .whl/*.whl),,setup)
 GPU_ARGS ?=
 
-# one GPU, <= 6 min: ground, segment, train (heatmap, held-out grounding, checkpoint, resume) and evaluate
+# one GPU, <= 6 min 40 s: ground, segment, train (heatmap, held-out grounding, checkpoint, resume), evaluate, SDXL LoRA
 # on CUDA with the tiny models, then SD1.4 training steps at 512 px in fp32 and bf16; one report
 gpu-smoke: $(GPU_DEPS)
 	bash bench/gpu_run.sh smoke $(GPU_ARGS)
 
-# one GPU, <= 8 min: training step, Grounding DINO, SAM, generation, OWLv2 at the paper's sizes
+# one GPU, ~10 min (estimated): SD1.4 and SDXL LoRA training steps, Grounding DINO, SAM, generation, OWLv2 at the paper's sizes
 gpu-report: $(GPU_DEPS)
 	bash bench/gpu_run.sh report $(GPU_ARGS)
 

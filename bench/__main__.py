@@ -2,7 +2,7 @@
 
     python -m bench            # or: make bench
     python -m bench --startup  # also start-up at COCO scale (bench/bench_startup.py, ~2 min, ~1 GB in /tmp)
-    python -m bench --gpu [--quick]   # or: make gpu-report (bench/gpu_report.py)
+    python -m bench --gpu [--quick] [--parts train,sdxl_lora] [--out DIR]   # or: make gpu-report (bench/gpu_report.py)
 
 Each benchmark module exposes ``run() -> list[dict]`` rows (group, metric, value, unit, note).
 """
@@ -23,10 +23,18 @@ def main() -> None:
     import sys
 
     if "--gpu" in sys.argv[1:]:
+        import argparse
+
         from . import gpu_report
 
+        p = argparse.ArgumentParser(prog="python -m bench --gpu")
+        p.add_argument("--gpu", action="store_true")
+        p.add_argument("--quick", action="store_true", help="tiny sizes on the CPU")
+        p.add_argument("--parts", default=None, help=f"comma-separated, of {','.join(gpu_report.PARTS)}")
+        p.add_argument("--out", default=None, help="folder where gpu_report.md is rewritten after every part")
+        args = p.parse_args(sys.argv[1:])
         setup_logging("INFO")
-        print(gpu_report.report(quick="--quick" in sys.argv[1:]))
+        print(gpu_report.report(quick=args.quick, parts=args.parts.split(",") if args.parts else None, out=args.out))
         return
     setup_logging("WARNING")
     rows = bench_nouns.run() + bench_masks.run() + bench_train.run() + bench_eval.run()

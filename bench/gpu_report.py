@@ -450,7 +450,8 @@ def owl_rows(device: str, quick: bool) -> list[tuple]:
     return [(f"{name}, {side} px, batch {batch}, 5 queries", f"{batch / s:.2f} images/s", f"{peak:.1f} GiB", "")]
 
 
-PARTS = {"train": train_rows, "sd14_adapters": sd14_adapter_rows, "sdxl_lora": sdxl_lora_rows,
+#: in the order they run, the most wanted first: a call cut short by its time limit keeps the rows done
+PARTS = {"train": train_rows, "sdxl_lora": sdxl_lora_rows, "sd14_adapters": sd14_adapter_rows,
          "grounding_dino": grounding_dino_rows, "sam": sam_rows,
          "generation": generation_rows, "owl": owl_rows}
 
@@ -466,25 +467,40 @@ def part_in_subprocess(name: str, device: str, quick: bool, site: str | Path) ->
     return [tuple(r) for r in json.loads(proc.stdout.strip().splitlines()[-1])]
 
 
-def report(quick: bool = False, device: str | None = None) -> str:
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if not quick and not device.startswith("cuda"):
-        raise SystemExit("the GPU report needs a GPU (use --quick on a CPU)")
-    rows = []
-    for name, part in PARTS.items():
-        t0 = time.perf_counter()
-        site = os.environ.get(PART_SITES.get(name, ""), "")
-        try:
-            rows += part_in_subprocess(name, device, quick, site) if site else part(device, quick)
-        except Exception as e:  # a library missing on the lent machine: the row says why
-            log.warning("%s failed: %r", name, e)
-            rows.append((name, "skipped", "", f"{type(e).__name__}: {str(e)[:120]}"))
-        log.info("%s: %.0f s", name, time.perf_counter() - t0)
+def _table(rows: list[tuple], device: str, quick: bool) -> str:
     card = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU ({platform.machine()})"
     head = [f"card: {card}; torch {torch.__version__}; command: python -m bench --gpu{' --quick' if quick else ''}"
             + ("" if device.startswith("cuda") else f"; load average {os.getloadavg()[0]:.2f}"),
             "", "| what | speed | peak memory | note |", "|---|---:|---:|---|"]
     return "\n".join(head + [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows])
+
+
+def report(quick: bool = False, device: str | None = None, parts: list[str] | None = None,
+           out: str | Path | None = None) -> str:
+    """The table of ``parts`` (all of :data:`PARTS` by default, in its order); with ``out``, the table so
+    far is rewritten to ``out/gpu_report.md`` after every part, so a run stopped by a time limit keeps it."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not quick and not device.startswith("cuda"):
+        raise SystemExit("the GPU report needs a GPU (use --quick on a CPU)")
+    unknown = sorted(set(parts or []) - set(PARTS))
+    if unknown:
+        raise SystemExit(f"unknown report parts {unknown}; known: {list(PARTS)}")
+    rows = []
+    for name in [n for n in PARTS if parts is None or n in parts]:
+        t0 = time.perf_counter()
+        site = os.environ.get(PART_SITES.get(name, ""), "")
+        try:
+            rows += part_in_subprocess(name, device, quick, site) if site else PARTS[name](device, quick)
+        except Exception as e:  # a library missing on the lent machine: the row says why
+            log.warning("%s failed: %r", name, e)
+            rows.append((name, "skipped", "", f"{type(e).__name__}: {str(e)[:120]}"))
+        log.info("%s: %.0f s", name, time.perf_counter() - t0)
+        if out is not None:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            tmp = Path(out) / ".gpu_report.md.tmp"
+            tmp.write_text(_table(rows, device, quick) + "\n")
+            tmp.replace(Path(out) / "gpu_report.md")
+    return _table(rows, device, quick)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # On a GPU machine, from the repo root (make gpu-smoke / make gpu-report); on the lent machine
 # with .whl carried along (bench/gpu_wheels.sh here first):
-#     bash bench/gpu_run.sh smoke [--dry-run]     # bench/gpu_smoke.py: stage code on CUDA + SD1.4 steps, ~6 min
-#     bash bench/gpu_run.sh report [--quick]      # bench/gpu_report.py: the paper's models timed, ~8 min
+#     bash bench/gpu_run.sh smoke [--dry-run]     # bench/gpu_smoke.py: stage code on CUDA + SD1.4 steps, <= 6 min 40 s
+#     bash bench/gpu_run.sh report [--quick] [--parts train,sdxl_lora]   # bench/gpu_report.py: ~10 min for all
+#     parts (estimated); $OUT/gpu_report.md is rewritten after every part, so a time limit keeps the rows done
 # Installs the carried wheels (bench/gpu_env.sh), then runs it; the report and its log go to
 # $OUT if set (the lent machine's output folder), else bench/out/.
 set -euo pipefail
@@ -23,6 +24,6 @@ out=${OUT:-bench/out}
 mkdir -p "$out"
 case "$what" in
     smoke)  "$PY" -m bench.gpu_smoke --out "$out" "$@" 2>&1 | tee "$out/gpu_smoke.log" ;;
-    report) "$PY" -m bench --gpu "$@" | tee "$out/gpu_report.md" ;;
+    report) "$PY" -m bench --gpu --out "$out" "$@" 2>&1 | tee "$out/gpu_report.log" ;;
     *) echo "unknown: $what (smoke or report)" >&2; exit 2 ;;
 esac

@@ -176,6 +176,27 @@ def test_gpu_report_quick_runs_on_the_cpu():
     assert "command: python -m bench --gpu --quick" in table
 
 
+def test_gpu_report_runs_the_parts_asked_and_keeps_the_table_after_every_part(tmp_path: Path, monkeypatch):
+    from bench.gpu_report import report
+
+    done = []
+
+    def part(name):
+        def rows(device, quick):
+            done.append(name)
+            if name == "second":  # the table of the first part is on disk while the second runs
+                assert "| first row |" in (tmp_path / "gpu_report.md").read_text()
+            return [(f"{name} row", "1", "", "")]
+        return rows
+
+    monkeypatch.setattr("bench.gpu_report.PARTS", {n: part(n) for n in ("first", "second", "third")})
+    table = report(quick=True, device="cpu", parts=["second", "first"], out=tmp_path)
+    assert done == ["first", "second"] and "third" not in table  # PARTS' order, only those asked
+    assert (tmp_path / "gpu_report.md").read_text().strip() == table
+    with pytest.raises(SystemExit, match="unknown report parts \\['nope'\\]"):
+        report(quick=True, device="cpu", parts=["nope"])
+
+
 def test_gpu_report_part_runs_in_a_child_process_with_its_site_first_on_the_path(tmp_path: Path, monkeypatch):
     """How the Grounding DINO part gets transformers < 5 on the GPU machine (GPU_REPORT_GDINO_SITE)."""
     from bench.gpu_report import part_in_subprocess, report
