@@ -172,18 +172,13 @@ def step_config(resolution: int, adapter: str, precision: str, batch: int, rank:
 
 
 def prepare_step_models(models, cfg, device: str) -> None:
-    """As ``setup.load_models``: VAE and text encoder(s) frozen in the mixed-precision dtype (SDXL's VAE in
-    fp32 only under fp16, ``force_upcast``), the UNet by ``prepare_trainable``; checkpointing on, train mode."""
+    """As ``setup.load_models``: VAE and text encoder(s) by ``setup.place_frozen``, the UNet by
+    ``prepare_trainable``; checkpointing on, train mode."""
     from pipeline.train.adapter import prepare_trainable
-    from pipeline.train.setup import WEIGHT_DTYPES
+    from pipeline.train.setup import WEIGHT_DTYPES, place_frozen
 
     dtype = WEIGHT_DTYPES[cfg.mixed_precision]
-    sdxl = models.text_encoder_2 is not None
-    upcast = sdxl and dtype == torch.float16 and models.vae.config.get("force_upcast", True)
-    for frozen, to in ((models.vae, torch.float32 if upcast else dtype), (models.text_encoder, dtype),
-                       (models.text_encoder_2, dtype)):
-        if frozen is not None:
-            frozen.requires_grad_(False).eval().to(device, to)
+    place_frozen(models, device, dtype)
     models.trainable = prepare_trainable(models.unet, cfg, device, dtype)
     models.unet.enable_gradient_checkpointing()
     models.unet.train()

@@ -103,19 +103,26 @@ def identify_run(cfg: TrainConfig, accelerator, captions_path, nouns_path) -> tu
     return on_main_process(plan, accelerator.is_main_process, accelerator.num_processes)
 
 
+def place_frozen(parts, device, dtype: torch.dtype) -> None:
+    """``parts``' VAE and text encoder(s) (``vae``, ``text_encoder``, ``text_encoder_2`` or None) frozen, in
+    eval mode, on ``device`` in ``dtype``; SDXL's VAE (``force_upcast`` in its config) stays fp32 under
+    fp16, as diffusers' SDXL script and pipeline: it overflows in fp16."""
+    sdxl = parts.text_encoder_2 is not None
+    upcast = sdxl and dtype == torch.float16 and parts.vae.config.get("force_upcast", True)
+    for frozen, to in ((parts.vae, torch.float32 if upcast else dtype), (parts.text_encoder, dtype),
+                       (parts.text_encoder_2, dtype)):
+        if frozen is not None:
+            frozen.requires_grad_(False).eval()
+            frozen.to(device) if to == torch.float32 else frozen.to(device, to)
+
+
 def load_models(cfg: TrainConfig, accelerator) -> tuple[Models, torch.dtype]:
-    """The pretrained parts; VAE and text encoder(s) frozen, in the mixed-precision dtype, on the device
-    (SDXL's VAE, ``force_upcast`` in its config, stays fp32 under fp16, as diffusers' SDXL script
-    and pipeline: it overflows in fp16); the UNet ready to train (``adapter.prepare_trainable``)."""
+    """The pretrained parts; VAE and text encoder(s) frozen in the mixed-precision dtype on the device
+    (:func:`place_frozen`); the UNet ready to train (``adapter.prepare_trainable``)."""
     check_lora_targets(cfg)  # a target the UNet lacks stops the run before any weight loads
     parts = load_sd_components(cfg.pretrained, revision=cfg.revision, expect=cfg.expect)
     dtype = WEIGHT_DTYPES[cfg.mixed_precision]
-    upcast = parts.sdxl and dtype == torch.float16 and parts.vae.config.get("force_upcast", True)
-    vae_dtype = torch.float32 if upcast else dtype
-    for frozen, to in ((parts.vae, vae_dtype), (parts.text_encoder, dtype), (parts.text_encoder_2, dtype)):
-        if frozen is not None:
-            frozen.requires_grad_(False).eval()
-            frozen.to(accelerator.device) if to == torch.float32 else frozen.to(accelerator.device, to)
+    place_frozen(parts, accelerator.device, dtype)
     trainable = prepare_trainable(parts.unet, cfg, accelerator.device, dtype)
     models = Models(parts.unet, parts.vae, parts.text_encoder, parts.noise_scheduler, parts.tokenizer, trainable,
                     parts.tokenizer_2, parts.text_encoder_2)
