@@ -452,6 +452,9 @@ def load_sd_components(pretrained: str | Path, revision: str | None = None, vari
     check_sd_architecture(pretrained, expect)
     _check_sdxl_parts(pretrained)
     sdxl = _sdxl_source(pretrained, revision)
+    if expect is not None and (expect.family == "sdxl") != sdxl:  # a hub id: its UNet config, before weights
+        raise ValueError(f"{pretrained}: the profile expects family {expect.family}; its UNet config is "
+                         f"{'SDXL (addition_embed_type text_time)' if sdxl else 'SD1.x/2.x'}")
     tokenizer = _load_tokenizer(pretrained, "tokenizer", revision)
     noise_scheduler = DDPMScheduler.from_pretrained(pretrained, subfolder="scheduler", revision=revision)
     kwargs = {"revision": revision, "variant": variant}
