@@ -264,3 +264,37 @@ def test_processes_fill_one_cache_side_by_side_and_a_rerun_encodes_nothing(tiny_
     before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "two").iterdir())
     fill_cache(tmp_path / "two", dataset, parts.vae, "cpu", torch.float32)
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "two").iterdir()) == before
+
+
+def test_a_full_sdxl_step_uses_the_pooled_embedding_and_the_time_ids(tiny_sdxl: Path, coco_mini: Path):
+    """One micro-step of the full fine-tune on the tiny SDXL: the loss reaches SDXL's added-conditioning
+    layers, and other time ids (another crop) change the prediction."""
+    from PIL import Image
+
+    from pipeline.train.attention import AttentionCapture
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.dataset import Example, TokenComposeDataset, collate
+    from pipeline.train.setup import Models
+    from pipeline.train.step import encode_batch, micro_step
+
+    parts = load_sd_components(tiny_sdxl, expect=XL)
+    models = Models(parts.unet, parts.vae, parts.text_encoder, parts.noise_scheduler, parts.tokenizer,
+                    list(parts.unet.parameters()), parts.tokenizer_2, parts.text_encoder_2)
+    path = sorted((coco_mini / "train2017").glob("*.jpg"))[0]
+    w, h = Image.open(path).size
+    dataset = TokenComposeDataset([Example(0, 0, str(path), "a dog on a couch", h, w, ())], parts.tokenizer, 64,
+                                  [4, 8], tokenizer_2=parts.tokenizer_2)
+    batch = collate([dataset[0]])
+    cfg = TrainConfig(pretrained=str(tiny_sdxl), resolution=64)
+    with AttentionCapture(parts.unet) as capture:
+        loss, logged = micro_step(cfg, batch, [0], models, capture, "cpu")
+        loss.backward()
+    assert torch.isfinite(loss) and logged["total"] > 0
+    for layer in (parts.unet.add_embedding.linear_1, parts.unet.add_embedding.linear_2):
+        assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    noisy, _, t, (hidden, added) = encode_batch(batch, [0], 0, parts.vae, models.text, parts.noise_scheduler, "cpu")
+    other = {**added, "time_ids": added["time_ids"] + torch.tensor([0.0, 0.0, 16.0, 0.0, 0.0, 0.0])}
+    with torch.no_grad():
+        a = parts.unet(noisy, t, hidden, added_cond_kwargs=added).sample
+        b = parts.unet(noisy, t, hidden, added_cond_kwargs=other).sample
+    assert not torch.allclose(a, b)
