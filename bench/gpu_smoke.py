@@ -18,7 +18,7 @@ the next part runs) and has a time budget (a part past it is stopped and recorde
 - ``evaluate``: ``stages.evaluate --model tokencompose`` (the UNet just trained): MultiGen,
   Object Accuracy, FID and attention grounding with the tiny detectors, cuda.
 - ``sdxl_lora``: ``stages.train`` on the tiny SDXL of ``demo_models`` (two text encoders, pooled
-  embedding, time ids; ``expect.family: sdxl``): a LoRA (rank 4), bf16, cached latents, 2 steps
+  embedding, time ids; ``expect.family: sdxl``): a LoRA (rank 4), bf16, cached latents and text, 2 steps
   with heatmaps, held-out grounding and a checkpoint after each (``TRAIN['sdxl']``). It must end
   with no side-work error, the LoRA file written, checkpoints, finite losses (each step's logged
   total and the summary's ``final_*``).
@@ -31,8 +31,8 @@ the next part runs) and has a time budget (a part past it is stopped and recorde
   losses, backward, clipping, AdamW), of the heatmap, the held-out grounding and the checkpoint.
 
 ``--dry-run`` runs every part on the CPU with tiny sizes (the SD1.4 parts train the tiny Stable
-Diffusion instead, ``sd14_build`` does nothing; ``sdxl_lora`` is the same run, bf16 on the CPU). Without ``--dry-run`` a machine without CUDA
-stops before any work.
+Diffusion instead, ``sd14_build`` does nothing; ``sdxl_lora`` is the same run, bf16 on the CPU).
+Without ``--dry-run`` a machine without CUDA stops before any work.
 
 ``prepare`` and ``ground`` (groundingdino-py needs transformers < 5), and the SDXL and the two SD1.4
 training parts (each its own CUDA context and mixed-precision state), run in a child process
@@ -95,6 +95,7 @@ TRAIN = {
     "sdxl": {**BATCH, "pretrained": "models/tiny/sdxl",
              "expect": {"cross_attention_dim": 64, "prediction_type": "epsilon", "family": "sdxl"},
              "adapter": "lora", "lora_rank": 4, "lora_alpha": 4.0, "mixed_precision": "bf16", "cache_latents": True,
+             "cache_text": True,
              "max_train_steps": 2, "checkpointing_steps": 1, "heatmap_steps": 1, "heatmap_captions": 2,
              "holdout_images": 2, "card_samples": 1, "card_sample_steps": 2, "num_workers": 0,
              "out_dir": "data/train-sdxl"},

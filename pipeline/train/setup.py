@@ -162,7 +162,8 @@ def attach_latent_cache(cfg: TrainConfig, data: TrainData, models: Models, accel
 
 def attach_text_cache(cfg: TrainConfig, data: TrainData, models: Models, accelerator) -> None:
     """``train.cache_text``: each process encodes its share of the captions not cached yet; every
-    process then reads each caption's conditioning from the cache (``text_cache``), over the images or cached latents."""
+    process then reads each caption's conditioning from the cache (``text_cache``), over the images or
+    the cached latents."""
     from pipeline.train.dataset import collate
     from pipeline.train.text_cache import CachedTextDataset, fill_text_cache, read_text_cache, text_cache_folder
 
