@@ -298,3 +298,18 @@ def test_a_full_sdxl_step_uses_the_pooled_embedding_and_the_time_ids(tiny_sdxl: 
         a = parts.unet(noisy, t, hidden, added_cond_kwargs=added).sample
         b = parts.unet(noisy, t, hidden, added_cond_kwargs=other).sample
     assert not torch.allclose(a, b)
+
+
+def test_held_out_grounding_encodes_with_an_fp32_copy_of_an_fp16_sdxl_vae(tiny_sdxl: Path, tiny_sd: Path):
+    """SDXL's VAE overflows in fp16: evaluate encodes the held-out images with an fp32 copy and leaves the
+    pipeline's own VAE (which the pipeline upcasts for decoding itself) as it is."""
+    from pipeline.models.stable_diffusion import encoding_vae
+
+    pipe = load_sd_pipeline(str(tiny_sdxl), None, "cpu", dtype="fp16", expect=XL)
+    vae = encoding_vae(pipe)
+    assert vae is not pipe.vae and vae.dtype == torch.float32 and pipe.vae.dtype == torch.float16
+    for a, b in zip(vae.state_dict().values(), pipe.vae.state_dict().values()):
+        assert torch.equal(a, b.float())
+    sd = load_sd_pipeline(str(tiny_sd), None, "cpu", dtype="fp16", expect=SD)
+    assert encoding_vae(sd) is sd.vae  # SD1.x/2.x: as it is
+    assert encoding_vae(load_sd_pipeline(str(tiny_sdxl), None, "cpu", expect=XL)).dtype == torch.float32

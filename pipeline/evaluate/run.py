@@ -157,7 +157,7 @@ def run_attention(cfg: EvaluateConfig, pipe) -> dict:
     from diffusers import DDPMScheduler
 
     from pipeline.models.conditioning import TextConditioner
-    from pipeline.models.stable_diffusion import vae_scale_factor
+    from pipeline.models.stable_diffusion import encoding_vae, vae_scale_factor
     from pipeline.train.attention import layer_resolutions
     from pipeline.train.attention_metrics import evaluate_grounding
     from pipeline.train.dataset import MaskCoverage, TokenComposeDataset, build_examples
@@ -173,7 +173,7 @@ def run_attention(cfg: EvaluateConfig, pipe) -> dict:
     dataset = TokenComposeDataset(heldout, pipe.tokenizer, a.resolution, resolutions,
                                   tokenizer_2=getattr(pipe, "tokenizer_2", None))
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    result = evaluate_grounding(pipe.unet, pipe.vae, TextConditioner.of(pipe), dataset, list(range(len(dataset))),
+    result = evaluate_grounding(pipe.unet, encoding_vae(pipe), TextConditioner.of(pipe), dataset, list(range(len(dataset))),
                                 blocks=tuple(a.blocks), timesteps=tuple(a.timesteps), seed=a.seed,
                                 scheduler=scheduler, iou_threshold=a.iou_threshold)
     result["heldout_captions"] = len(heldout)

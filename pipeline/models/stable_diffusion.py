@@ -513,3 +513,20 @@ def load_sd_pipeline(pretrained: str, unet: str | None, device: str, dtype: str 
 def vae_scale_factor(vae: AutoencoderKL) -> int:
     """Pixels per latent pixel along a side: ``2 ** (len(block_out_channels) - 1)`` (SD: 8)."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def encoding_vae(pipe) -> AutoencoderKL:
+    """The VAE to encode images with outside the pipeline: ``pipe.vae``, or for SDXL in fp16 an fp32 copy.
+
+    SDXL's VAE overflows in fp16 (``force_upcast`` in its config); its pipeline upcasts it for decoding
+    only, and upcasting ``pipe.vae`` itself would leave the pipeline decoding fp16 latents with fp32
+    weights. The copy costs the VAE's size in fp32 (SDXL: 335 MB).
+    """
+    vae = pipe.vae
+    if getattr(pipe, "text_encoder_2", None) is None or vae.dtype != torch.float16:
+        return vae
+    if not vae.config.get("force_upcast", True):
+        return vae
+    import copy
+
+    return copy.deepcopy(vae).to(torch.float32)
