@@ -76,7 +76,6 @@ class Run:
     plan: ResumePlan
     models: Models
     data: TrainData
-    weight_dtype: torch.dtype
     capture: AttentionCapture
     optimizer: Any
     side: SideWork
@@ -114,7 +113,7 @@ def start_run(cfg: TrainConfig, captions_path, nouns_path) -> Run:
     accelerator = make_accelerator(cfg)
     layout = BatchLayout.of(cfg, accelerator.num_processes)  # an inexact split stops before any work
     ident, plan = identify_run(cfg, accelerator, captions_path, nouns_path)
-    models, weight_dtype = load_models(cfg, accelerator)
+    models = load_models(cfg, accelerator)
     data = load_data(cfg, models, captions_path, nouns_path)
     if cfg.cache_latents:
         attach_latent_cache(cfg, data, models, accelerator)
@@ -140,7 +139,7 @@ def start_run(cfg: TrainConfig, captions_path, nouns_path) -> Run:
     if base and start_step == 0:
         logger.log_heldout(0, base)
     others = describe_other_runs(Path(cfg.out_dir) / "checkpoints", ident) if accelerator.is_main_process else 0
-    return Run(cfg, accelerator, layout, ident, plan, models, data, weight_dtype, capture, optimizer, side, logger,
+    return Run(cfg, accelerator, layout, ident, plan, models, data, capture, optimizer, side, logger,
                start_step, last, base, others)
 
 

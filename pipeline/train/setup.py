@@ -116,7 +116,7 @@ def place_frozen(parts, device, dtype: torch.dtype) -> None:
             frozen.to(device) if to == torch.float32 else frozen.to(device, to)
 
 
-def load_models(cfg: TrainConfig, accelerator) -> tuple[Models, torch.dtype]:
+def load_models(cfg: TrainConfig, accelerator) -> Models:
     """The pretrained parts; VAE and text encoder(s) frozen in the mixed-precision dtype on the device
     (:func:`place_frozen`); the UNet ready to train (``adapter.prepare_trainable``)."""
     check_lora_targets(cfg)  # a target the UNet lacks stops the run before any weight loads
@@ -124,9 +124,8 @@ def load_models(cfg: TrainConfig, accelerator) -> tuple[Models, torch.dtype]:
     dtype = WEIGHT_DTYPES[cfg.mixed_precision]
     place_frozen(parts, accelerator.device, dtype)
     trainable = prepare_trainable(parts.unet, cfg, accelerator.device, dtype)
-    models = Models(parts.unet, parts.vae, parts.text_encoder, parts.noise_scheduler, parts.tokenizer, trainable,
-                    parts.tokenizer_2, parts.text_encoder_2)
-    return models, dtype
+    return Models(parts.unet, parts.vae, parts.text_encoder, parts.noise_scheduler, parts.tokenizer, trainable,
+                  parts.tokenizer_2, parts.text_encoder_2)
 
 
 def load_data(cfg: TrainConfig, models: Models, captions_path, nouns_path) -> TrainData:
