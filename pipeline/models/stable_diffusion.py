@@ -324,11 +324,11 @@ def check_sd_architecture(pretrained: str | Path, expect: SDExpectation | None, 
     if not Path(pretrained).is_dir():
         return
     folder = Path(pretrained)
-    base_xl = bool(sdxl_marks(folder))
+    marks = sdxl_marks(folder)
     swapped = [Path(u) for u in unets if entry_kind(u) == "unet"]
     for unet in swapped:
         xl = _read_json(unet / "config.json").get("addition_embed_type") == "text_time"
-        if xl != base_xl:
+        if xl != bool(marks):
             raise ValueError(f"{unet / 'config.json'}: " + (
                 f"an SDXL UNet (addition_embed_type text_time); the base {folder} is a Stable Diffusion 1.x/2.x "
                 f"pipeline" if xl else f"a Stable Diffusion 1.x/2.x UNet; the base {folder} is an SDXL pipeline"))
@@ -336,7 +336,7 @@ def check_sd_architecture(pretrained: str | Path, expect: SDExpectation | None, 
         check_lora_base(lora, _read_json(folder / "unet" / "config.json"), str(folder))
     if expect is None:
         return
-    expect.check_family(folder, sdxl_marks(folder))
+    expect.check_family(folder, marks)
     pred_file = folder / "scheduler" / "scheduler_config.json"
     pred = _read_json(pred_file).get("prediction_type", "epsilon")
     for unet in (folder / "unet", *swapped):
@@ -377,10 +377,8 @@ def sdxl_marks(folder: str | Path) -> list[str]:
 SDXL_PARTS = ("tokenizer_2", "text_encoder_2")
 
 
-def is_sdxl(pretrained: str | Path, unet=None) -> bool:
-    """Whether ``pretrained`` is SDXL: a local folder's configs, or a loaded UNet's ``addition_embed_type``."""
-    if unet is not None:
-        return unet.config.get("addition_embed_type") == "text_time"
+def is_sdxl(pretrained: str | Path) -> bool:
+    """Whether ``pretrained`` is a local SDXL folder, by its configs (``sdxl_marks``)."""
     return Path(pretrained).is_dir() and bool(sdxl_marks(pretrained))
 
 
