@@ -141,7 +141,7 @@ def test_dataset_items_carry_sdxl_ids_and_time_ids_with_and_without_cached_laten
         examples.append(Example(caption_id=i, image_id=i, image_path=str(path), caption="a dog on a couch", width=w,
                                 height=h, nouns=()))
     dataset = TokenComposeDataset(examples, parts.tokenizer, 64, [4, 8], tokenizer_2=parts.tokenizer_2)
-    cache = fill_cache(tmp_path / "latents", dataset, parts.vae, "cpu", torch.float32)
+    cache = fill_cache(tmp_path / "latents", dataset, parts.vae, "cpu")
     cached = CachedLatentsDataset(dataset, cache)
     for i, ex in enumerate(examples):
         item, fast = dataset[i], cached[i]
@@ -250,10 +250,10 @@ def test_processes_fill_one_cache_side_by_side_and_a_rerun_encodes_nothing(tiny_
                 for i, p in enumerate(paths)]
     dataset = TokenComposeDataset(examples, parts.tokenizer, 64, [4, 8], tokenizer_2=parts.tokenizer_2)
     text = TextConditioner.of(parts)
-    one = fill_cache(tmp_path / "one", dataset, parts.vae, "cpu", torch.float32)
+    one = fill_cache(tmp_path / "one", dataset, parts.vae, "cpu")
     fill_text_cache(tmp_path / "one-text", dataset, text, "cpu")
     for rank in (0, 1):
-        fill_cache(tmp_path / "two", dataset, parts.vae, "cpu", torch.float32, rank, 2)
+        fill_cache(tmp_path / "two", dataset, parts.vae, "cpu", rank, 2)
         fill_text_cache(tmp_path / "two-text", dataset, text, "cpu", rank, 2)
     two = read_cache(tmp_path / "two")
     assert len(list((tmp_path / "two").glob("part-*.safetensors"))) == 2 and set(two.index) == set(one.index)
@@ -262,7 +262,7 @@ def test_processes_fill_one_cache_side_by_side_and_a_rerun_encodes_nothing(tiny_
         assert all(torch.equal(a[n], b[n]) for n in a)
     assert len(list((tmp_path / "two-text").glob("part-*.safetensors"))) == 2  # 2 distinct captions, 1 each
     before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "two").iterdir())
-    fill_cache(tmp_path / "two", dataset, parts.vae, "cpu", torch.float32)
+    fill_cache(tmp_path / "two", dataset, parts.vae, "cpu")
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "two").iterdir()) == before
 
 

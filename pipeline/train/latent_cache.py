@@ -49,10 +49,11 @@ def read_cache(folder: str | Path) -> ShardStore:
 
 
 @torch.no_grad()
-def fill_cache(folder: str | Path, dataset: TokenComposeDataset, vae, device, dtype: torch.dtype,
-               rank: int = 0, world: int = 1) -> ShardStore:
-    """Encode the images of ``dataset`` not in the cache yet (one at a time) into new shards; process
-    ``rank`` of ``world`` takes its share (``ShardStore.missing``), so no process waits on another's work."""
+def fill_cache(folder: str | Path, dataset: TokenComposeDataset, vae, device, rank: int = 0,
+               world: int = 1) -> ShardStore:
+    """Encode the images of ``dataset`` not in the cache yet (one at a time, in the VAE's dtype) into new
+    shards; process ``rank`` of ``world`` takes its share (``ShardStore.missing``), so no process waits
+    on another's work."""
     cache = read_cache(folder)
     first = {}
     for i, ex in enumerate(dataset.examples):
@@ -63,7 +64,7 @@ def fill_cache(folder: str | Path, dataset: TokenComposeDataset, vae, device, dt
     log.info("caching the VAE posteriors of %d image(s) in %s", len(todo), cache.folder)
 
     def posterior(key: tuple[str, str]) -> dict[str, torch.Tensor]:
-        dist = vae.encode(dataset[first[key]]["pixel_values"][None].to(device, dtype=dtype)).latent_dist
+        dist = vae.encode(dataset[first[key]]["pixel_values"][None].to(device, dtype=vae.dtype)).latent_dist
         return {"mean": dist.mean[0], "std": dist.std[0]}
 
     return cache.append(todo, posterior, desc="cache latents")

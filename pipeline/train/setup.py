@@ -152,8 +152,8 @@ def attach_latent_cache(cfg: TrainConfig, data: TrainData, models: Models, accel
     from pipeline.train.latent_cache import CachedLatentsDataset, cache_folder, collate_cached, fill_cache, read_cache
 
     folder = cache_folder(cfg.out_dir, cfg.pretrained, cfg.resolution, models.vae.dtype)
-    fill_cache(folder, data.dataset, models.vae, accelerator.device, models.vae.dtype,
-               accelerator.process_index, accelerator.num_processes)
+    fill_cache(folder, data.dataset, models.vae, accelerator.device, accelerator.process_index,
+               accelerator.num_processes)
     accelerator.wait_for_everyone()
     data.loader_set = CachedLatentsDataset(data.dataset, read_cache(folder))
     data.collate_fn = collate_cached
