@@ -156,18 +156,13 @@ class CaptionsConfig:
         elif self.first_n is not None:
             raise ConfigError(f"captions.first_n is set but select is {self.select!r}; "
                               "set select: first_n or first_n: null")
-        if self.select == "ids":
-            if not self.ids_file:
-                raise ConfigError("captions.ids_file is required with select 'ids'")
-        elif self.ids_file is not None:
-            raise ConfigError(f"captions.ids_file is set but select is {self.select!r}; "
-                              "set select: ids or ids_file: null")
-        if self.select == "clip_best":
-            if not self.clip_model:
-                raise ConfigError("captions.clip_model is required with select 'clip_best'")
-        elif self.clip_model is not None:
-            raise ConfigError(f"captions.clip_model is set but select is {self.select!r}; "
-                              "set select: clip_best or clip_model: null")
+        for select, name in (("ids", "ids_file"), ("clip_best", "clip_model")):  # each option to its select
+            value = getattr(self, name)
+            if self.select == select and not value:
+                raise ConfigError(f"captions.{name} is required with select '{select}'")
+            if self.select != select and value is not None:
+                raise ConfigError(f"captions.{name} is set but select is {self.select!r}; "
+                                  f"set select: {select} or {name}: null")
         if not self.images_dir or not self.out_dir:
             raise ConfigError("captions.images_dir and captions.out_dir must be non-empty")
 
